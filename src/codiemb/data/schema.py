@@ -1,0 +1,107 @@
+"""The unified record every reader produces, and its validation.
+
+One record is one training example of one task:
+
+* ``ir``:  ``query`` -> ``positives`` (>= 1 relevant passages), ``negatives`` (hard negatives, may be empty).
+* ``sts``: ``query`` = sentence 1, ``positives`` = [sentence 2], ``score`` = graded similarity inside the
+  dataset's declared ``score_range`` (default 0-5).
+
+``instruction`` is optional and, when present, is prepended to the query by the collator.
+FlagEmbedding's ``pos``/``neg`` keys are accepted as aliases of ``positives``/``negatives``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from codiemb.errors import DataError
+
+TASKS = ("ir", "sts")
+_ALIASES = {"pos": "positives", "neg": "negatives"}
+
+
+@dataclass(frozen=True)
+class Record:
+    task: str
+    query: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...] = ()
+    score: float | None = None
+    score_range: tuple[float, float] = (0.0, 5.0)
+    instruction: str | None = None
+    dataset: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def normalized_score(self) -> float:
+        """The STS score mapped linearly onto [0, 1] using the declared range."""
+        low, high = self.score_range
+        return (float(self.score) - low) / (high - low)
+
+
+def _text(value: Any, name: str, where: dict) -> str:
+    if not isinstance(value, str):
+        raise DataError(f"expected a string, got {type(value).__name__}", field=name, **where)
+    if not value.strip():
+        raise DataError("empty or whitespace-only text", field=name, **where)
+    return value
+
+
+def _texts(value: Any, name: str, where: dict) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):  # a single passage given without a list is a common, harmless slip
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"expected a list of strings, got {type(value).__name__}", field=name, **where)
+    return tuple(_text(v, f"{name}[{i}]", where) for i, v in enumerate(value))
+
+
+def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = None,
+                 line: int | None = None, task: str | None = None,
+                 score_range: tuple[float, float] = (0.0, 5.0)) -> Record:
+    """Validate one raw mapping and turn it into a :class:`Record`.
+
+    ``task`` is the dataset's declared task; a row's own ``task`` field must agree with it.
+    Raises :class:`DataError` naming ``source``, ``line`` and the offending field.
+    """
+    where = {"source": source, "line": line}
+    if not isinstance(raw, Mapping):
+        raise DataError(f"expected a JSON object, got {type(raw).__name__}", **where)
+    raw = {_ALIASES.get(k, k): v for k, v in raw.items()}
+    row_task = raw.get("task", task)
+    if row_task not in TASKS:
+        raise DataError(f"task must be one of {TASKS}, got {row_task!r}", field="task", **where)
+    if task is not None and row_task != task:
+        raise DataError(f"row says task {row_task!r} but dataset '{dataset}' is declared {task!r}",
+                        field="task", **where)
+    if "query" not in raw:
+        raise DataError("missing required field", field="query", **where)
+    query = _text(raw["query"], "query", where)
+    positives = _texts(raw.get("positives"), "positives", where)
+    if not positives:
+        raise DataError("needs at least one positive", field="positives", **where)
+    negatives = _texts(raw.get("negatives"), "negatives", where)
+    instruction = raw.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise DataError("expected a string", field="instruction", **where)
+
+    score = None
+    low, high = (float(score_range[0]), float(score_range[1]))
+    if row_task == "sts":
+        if len(positives) != 1:
+            raise DataError(f"an STS row pairs the query with exactly one text, got {len(positives)}",
+                            field="positives", **where)
+        score = raw.get("score")
+        if score is None:
+            raise DataError("an STS row needs a score", field="score", **where)
+        if isinstance(score, bool) or not isinstance(score, (int, float)):
+            raise DataError(f"expected a number, got {type(score).__name__}", field="score", **where)
+        if math.isnan(score) or not low <= score <= high:
+            raise DataError(f"score {score} is outside the declared range [{low:g}, {high:g}]",
+                            field="score", **where)
+        score = float(score)
+    return Record(task=row_task, query=query, positives=positives, negatives=negatives, score=score,
+                  score_range=(low, high), instruction=instruction or None, dataset=dataset)

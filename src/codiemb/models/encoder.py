@@ -1,0 +1,228 @@
+"""The encoder: a Hugging Face backbone + pooling + optional L2 normalisation.
+
+Saves and loads in the sentence-transformers directory layout, so an exported model works with
+``SentenceTransformer(dir)`` as well as with :meth:`Encoder.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from codiemb.models.pooling import POOLING_MODES, pool
+from codiemb.models.resolve import resolve_model_path
+from codiemb.utils.atomic import atomic_directory
+
+CODIEMB_CONFIG = "codiemb.json"
+_ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
+                    "last_token": "pooling_mode_lasttoken", "weighted_mean": "pooling_mode_weightedmean_tokens"}
+
+
+class Encoder(nn.Module):
+    """Backbone + pooling. ``forward`` works on token tensors; ``encode`` on raw texts."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
+                 query_prompt: str = "", passage_prompt: str = "",
+                 instruction_template: str = "{instruction} {text}",
+                 max_query_length: int = 64, max_passage_length: int = 256, base_model: str = ""):
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
+        self.backbone, self.tokenizer = backbone, tokenizer
+        self.pooling, self.normalize = pooling, normalize
+        self.query_prompt, self.passage_prompt = query_prompt, passage_prompt
+        self.instruction_template = instruction_template
+        self.max_query_length, self.max_passage_length = max_query_length, max_passage_length
+        self.base_model = base_model
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, pooling: str | None = None, normalize: bool | None = None,
+                        query_prompt: str | None = None, passage_prompt: str | None = None,
+                        instruction_template: str | None = None, max_query_length: int | None = None,
+                        max_passage_length: int | None = None, padding_side: str | None = None,
+                        torch_dtype: str | None = None, attn_implementation: str | None = None,
+                        trust_remote_code: bool = False, gradient_checkpointing: bool = False,
+                        random_init: bool = False, config_overrides: dict | None = None,
+                        backbone_kwargs: dict | None = None) -> "Encoder":
+        """Load from a hub name or local directory.
+
+        Settings saved in an exported directory (``codiemb.json``) are the defaults; explicit arguments win.
+        ``random_init`` builds the architecture from its config (with ``config_overrides``) without weights,
+        which is how tests get tiny models of every architecture without a download.
+        """
+        path = resolve_model_path(name_or_path)
+        saved = _read_saved_settings(path)
+        settings = {
+            "pooling": pooling or saved.get("pooling", "mean"),
+            "normalize": saved.get("normalize", True) if normalize is None else normalize,
+            "query_prompt": saved.get("query_prompt", "") if query_prompt is None else query_prompt,
+            "passage_prompt": saved.get("passage_prompt", "") if passage_prompt is None else passage_prompt,
+            "instruction_template": instruction_template or saved.get("instruction_template",
+                                                                      "{instruction} {text}"),
+            "max_query_length": max_query_length or saved.get("max_query_length", 64),
+            "max_passage_length": max_passage_length or saved.get("max_passage_length", 256),
+            "base_model": saved.get("base_model", str(name_or_path)),
+        }
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if padding_side:
+            tokenizer.padding_side = padding_side
+        if tokenizer.pad_token is None:  # decoder tokenizers often ship without one
+            tokenizer.pad_token = tokenizer.eos_token
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **(config_overrides or {}))
+        kwargs = dict(backbone_kwargs or {})
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        model_class = _model_class(config, trust_remote_code)
+        # The MiniLM/BERT checkpoints carry a pooler that our pooling never uses; leaving it in makes
+        # DDP wait for gradients that never come (or silently desync), so we drop it where we can.
+        if "add_pooling_layer" in inspect.signature(model_class.__init__).parameters:
+            kwargs["add_pooling_layer"] = False
+        if random_init:
+            backbone = model_class._from_config(config, **kwargs)
+        else:
+            if torch_dtype:
+                kwargs["dtype"] = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
+            backbone = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                   **kwargs)
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return cls(backbone, tokenizer, **settings)
+
+    # ----------------------------------------------------------------- texts -> tokens
+    def format(self, texts: Sequence[str], kind: str, instructions: Sequence[str | None] | None = None) -> list[str]:
+        """Apply the query/passage prompt (and a per-text instruction for queries)."""
+        prompt = self.query_prompt if kind == "query" else self.passage_prompt
+        out = []
+        for i, text in enumerate(texts):
+            instruction = instructions[i] if instructions is not None else None
+            out.append(self.instruction_template.format(instruction=instruction, text=text)
+                       if instruction else prompt + text)
+        return out
+
+    def tokenize(self, texts: Sequence[str], kind: str = "passage") -> dict[str, torch.Tensor]:
+        max_length = self.max_query_length if kind == "query" else self.max_passage_length
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                                   return_tensors="pt"))
+
+    # ----------------------------------------------------------------- forward
+    @property
+    def num_layers(self) -> int:
+        return int(self.backbone.config.num_hidden_layers)
+
+    def forward(self, features: dict[str, torch.Tensor], hidden_layer: int | None = None):
+        """Embed tokenised texts. With ``hidden_layer`` also return that layer's pooled embedding."""
+        inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        out = self.backbone(**inputs, output_hidden_states=hidden_layer is not None, return_dict=True)
+        embedding = self._pool(out.last_hidden_state, features["attention_mask"])
+        if hidden_layer is None:
+            return embedding
+        return embedding, self._pool(out.hidden_states[hidden_layer], features["attention_mask"])
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        emb = pool(hidden, mask, self.pooling)
+        return F.normalize(emb.float(), dim=-1) if self.normalize else emb.float()
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], kind: str = "passage", batch_size: int = 64,
+               instructions: Sequence[str | None] | None = None, show_progress: bool = False,
+               autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Embed raw texts; returns a float32 CPU tensor in input order.
+
+        Texts are sorted by length first so each batch pads to similar lengths (less wasted compute).
+        """
+        was_training = self.training
+        self.eval()
+        formatted = self.format(texts, kind, instructions)
+        order = sorted(range(len(formatted)), key=lambda i: -len(formatted[i]))
+        device = next(self.parameters()).device
+        chunks = []
+        starts = range(0, len(order), batch_size)
+        if show_progress:
+            from tqdm.auto import tqdm
+            starts = tqdm(starts, desc=f"encode {kind}", unit="batch")
+        for start in starts:
+            batch = [formatted[i] for i in order[start:start + batch_size]]
+            features = {k: v.to(device) for k, v in self.tokenize(batch, kind).items()}
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                chunks.append(self(features).float().cpu())
+        self.train(was_training)
+        if not chunks:
+            return torch.empty(0, self.embedding_dim)
+        sorted_emb = torch.cat(chunks)
+        result = torch.empty_like(sorted_emb)
+        result[torch.tensor(order)] = sorted_emb
+        return result
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.backbone.config.hidden_size)
+
+    # ----------------------------------------------------------------- saving
+    def settings(self) -> dict:
+        return {"pooling": self.pooling, "normalize": self.normalize, "query_prompt": self.query_prompt,
+                "passage_prompt": self.passage_prompt, "instruction_template": self.instruction_template,
+                "max_query_length": self.max_query_length, "max_passage_length": self.max_passage_length,
+                "base_model": self.base_model}
+
+    def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Export in the sentence-transformers layout; written to a temporary name, then renamed."""
+        with atomic_directory(directory) as tmp:
+            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            write_sentence_transformers_files(tmp, self.settings(), self.embedding_dim)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+        return Path(directory)
+
+
+def write_sentence_transformers_files(directory: Path, settings: dict, dim: int) -> None:
+    """The module files that make ``SentenceTransformer(directory)`` rebuild our pooling exactly."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if settings["normalize"]:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+        (directory / "2_Normalize").mkdir(exist_ok=True)
+    pooling = {"word_embedding_dimension": dim, "include_prompt": True}
+    pooling.update({key: settings["pooling"] == mode for mode, key in _ST_POOLING_KEYS.items()})
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    _dump(directory / "1_Pooling" / "config.json", pooling)
+    _dump(directory / "modules.json", modules)
+    _dump(directory / "sentence_bert_config.json",
+          {"max_seq_length": settings["max_passage_length"], "do_lower_case": False})
+    _dump(directory / "config_sentence_transformers.json",
+          {"prompts": {"query": settings["query_prompt"], "document": settings["passage_prompt"]},
+           "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    _dump(directory / CODIEMB_CONFIG, settings)
+
+
+def _dump(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _read_saved_settings(path: str) -> dict:
+    file = Path(path) / CODIEMB_CONFIG
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def _model_class(config, trust_remote_code: bool):
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    if type(config) in MODEL_MAPPING:
+        return MODEL_MAPPING[type(config)]
+    if trust_remote_code and getattr(config, "auto_map", None) and "AutoModel" in config.auto_map:
+        from transformers.dynamic_module_utils import get_class_from_dynamic_module
+        return get_class_from_dynamic_module(config.auto_map["AutoModel"], config._name_or_path)
+    raise ValueError(f"no AutoModel class for config type {type(config).__name__}")
+
+
+def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
