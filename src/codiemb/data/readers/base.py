@@ -1,0 +1,39 @@
+"""What every reader returns, and the shared skip-or-raise policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from codiemb.data.schema import Record
+from codiemb.errors import DataError
+
+ON_ERROR = ("raise", "skip")
+
+
+@dataclass
+class ReadResult:
+    """Records of one dataset plus how many rows were dropped, by reason."""
+
+    records: list[Record]
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self, name: str) -> str:
+        dropped = sum(self.skipped.values())
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in self.skipped.most_common())
+        return f"{name}: {len(self.records)} rows" + (f" ({dropped} skipped: {reasons})" if dropped else "")
+
+
+class RowPolicy:
+    """Apply ``on_error``: re-raise a :class:`DataError` or count it under its field and move on."""
+
+    def __init__(self, on_error: str = "raise"):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.on_error = on_error
+        self.skipped: Counter = Counter()
+
+    def handle(self, error: DataError) -> None:
+        if self.on_error == "raise":
+            raise error
+        self.skipped[f"bad {error.field}" if error.field else "malformed row"] += 1
