@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from codiemb.models.pooling import POOLING_MODES, pool
 from codiemb.models.resolve import resolve_model_path
+from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
 from codiemb.utils.atomic import atomic_directory
 
 CODIEMB_CONFIG = "codiemb.json"
@@ -30,7 +31,7 @@ class Encoder(nn.Module):
 
     def __init__(self, backbone: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  query_prompt: str = "", passage_prompt: str = "",
-                 instruction_template: str = "{instruction} {text}",
+                 instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE,
                  max_query_length: int = 64, max_passage_length: int = 256, base_model: str = ""):
         super().__init__()
         if pooling not in POOLING_MODES:
@@ -66,7 +67,7 @@ class Encoder(nn.Module):
             "query_prompt": saved.get("query_prompt", "") if query_prompt is None else query_prompt,
             "passage_prompt": saved.get("passage_prompt", "") if passage_prompt is None else passage_prompt,
             "instruction_template": instruction_template or saved.get("instruction_template",
-                                                                      "{instruction} {text}"),
+                                                                      DEFAULT_INSTRUCTION_TEMPLATE),
             "max_query_length": max_query_length or saved.get("max_query_length", 64),
             "max_passage_length": max_passage_length or saved.get("max_passage_length", 256),
             "base_model": saved.get("base_model", str(name_or_path)),
@@ -100,12 +101,9 @@ class Encoder(nn.Module):
     def format(self, texts: Sequence[str], kind: str, instructions: Sequence[str | None] | None = None) -> list[str]:
         """Apply the query/passage prompt (and a per-text instruction for queries)."""
         prompt = self.query_prompt if kind == "query" else self.passage_prompt
-        out = []
-        for i, text in enumerate(texts):
-            instruction = instructions[i] if instructions is not None else None
-            out.append(self.instruction_template.format(instruction=instruction, text=text)
-                       if instruction else prompt + text)
-        return out
+        instructions = instructions if instructions is not None else [None] * len(texts)
+        return [format_text(text, prompt, instruction, self.instruction_template)
+                for text, instruction in zip(texts, instructions)]
 
     def tokenize(self, texts: Sequence[str], kind: str = "passage") -> dict[str, torch.Tensor]:
         max_length = self.max_query_length if kind == "query" else self.max_passage_length

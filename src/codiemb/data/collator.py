@@ -1,0 +1,83 @@
+"""Turn a list of records into padded token tensors for one step (runs in DataLoader workers).
+
+Batch layouts:
+
+* ``ir`` / ``mixed``: ``query`` tokens [B, Lq]; ``passages`` tokens [M, Lp] holding each row's positives then
+  its hard negatives; ``positive_mask`` [B, M] marks each query's own positives (every other passage is a
+  candidate negative for it).
+* ``sts``: ``query`` = sentence 1 tokens, ``passages`` = sentence 2 tokens, ``scores`` in [0, 1].
+
+In ``mixed`` batches an STS pair counts as a positive pair when its normalised score reaches
+``sts_positive_threshold``; otherwise sentence 2 is just another candidate.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+
+from codiemb.data.schema import Record
+from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
+
+
+class Collator:
+    def __init__(self, tokenizer, *, query_max_length: int = 64, passage_max_length: int = 256,
+                 query_prompt: str = "", passage_prompt: str = "",
+                 instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE, max_positives: int = 2,
+                 num_negatives: int = 3, sts_positive_threshold: float = 0.8, seed: int = 0,
+                 pad_to_multiple_of: int | None = None):
+        self.tokenizer = tokenizer
+        self.query_max_length, self.passage_max_length = query_max_length, passage_max_length
+        self.query_prompt, self.passage_prompt = query_prompt, passage_prompt
+        self.instruction_template = instruction_template
+        self.max_positives, self.num_negatives = max_positives, num_negatives
+        self.sts_positive_threshold, self.seed = sts_positive_threshold, seed
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: Sequence[tuple[int, Record]]) -> dict:
+        position = max(p for p, _ in items)
+        records = [r for _, r in items]
+        tasks, sources = {r.task for r in records}, {r.dataset for r in records}
+        task = tasks.pop() if len(tasks) == 1 else "mixed"
+        batch = {"task": task, "dataset": sources.pop() if len(sources) == 1 else "mixed",
+                 "position": position, "size": len(records)}
+        queries = [format_text(r.query, self.query_prompt, r.instruction, self.instruction_template)
+                   for r in records]
+        if task == "sts":
+            # STS is symmetric: both sentences get the query prompt and the longer length limit.
+            seconds = [format_text(r.positives[0], self.query_prompt) for r in records]
+            batch["query"] = self._tokenize(queries, self.passage_max_length)
+            batch["passages"] = self._tokenize(seconds, self.passage_max_length)
+            batch["scores"] = torch.tensor([r.normalized_score for r in records], dtype=torch.float32)
+            return batch
+        batch["query"] = self._tokenize(queries, self.query_max_length)
+        rng = random.Random(self.seed * 1_000_003 + position)  # same rows -> same negatives, on every run
+        passages, owners, positive = [], [], []
+        for i, record in enumerate(records):
+            for text, is_pos in self._passages_of(record, rng):
+                passages.append(format_text(text, self.passage_prompt))
+                owners.append(i)
+                positive.append(is_pos)
+        mask = torch.zeros(len(records), len(passages), dtype=torch.bool)
+        for column, (owner, is_pos) in enumerate(zip(owners, positive)):
+            mask[owner, column] = is_pos
+        batch["passages"] = self._tokenize(passages, self.passage_max_length)
+        batch["positive_mask"] = mask
+        return batch
+
+    def _passages_of(self, record: Record, rng: random.Random) -> list[tuple[str, bool]]:
+        if record.task == "sts":  # only reached in mixed batches
+            return [(record.positives[0], record.normalized_score >= self.sts_positive_threshold)]
+        positives = list(record.positives)
+        if len(positives) > self.max_positives:
+            positives = rng.sample(positives, self.max_positives)
+        negatives = list(record.negatives)
+        if len(negatives) > self.num_negatives:
+            negatives = rng.sample(negatives, self.num_negatives)
+        return [(p, True) for p in positives] + [(n, False) for n in negatives]
+
+    def _tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
+        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                                   pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"))

@@ -1,0 +1,98 @@
+"""The LightningModule: encode a task-homogeneous batch and hand it to that task's loss."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from torch import nn
+
+from codiemb.models.encoder import Encoder
+
+
+class CoDiEmbModule(L.LightningModule):
+    """Dispatches every step to the IR loss (``ir`` and ``mixed`` batches) or the STS loss (``sts``).
+
+    Losses are ``nn.Module`` s with the signatures of :mod:`codiemb.losses`:
+    ``ir_loss(query, passages, positive_mask)`` and ``sts_loss(a, b, scores, a_mid, b_mid)``, each returning
+    ``(loss, components)``.
+    """
+
+    def __init__(self, encoder: Encoder, ir_loss: nn.Module, sts_loss: nn.Module, lr: float = 2e-5,
+                 weight_decay: float = 0.01, warmup_ratio: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, schedule: str = "linear"):
+        super().__init__()
+        self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
+        self.save_hyperparameters(ignore=["encoder", "ir_loss", "sts_loss"])
+        self.steps_by_task: dict[str, int] = {}
+        self.steps_by_dataset: dict[str, int] = {}
+
+    # ------------------------------------------------------------ steps
+    def middle_layer(self) -> int | None:
+        if not getattr(self.sts_loss, "needs_middle_layer", False):
+            return None
+        layer = getattr(self.sts_loss, "middle_layer", None)
+        return self.encoder.num_layers // 2 if layer is None else int(layer)
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if batch["task"] == "sts":
+            layer = self.middle_layer()
+            a, b = self.encoder(batch["query"], hidden_layer=layer), self.encoder(batch["passages"], hidden_layer=layer)
+            (a, a_mid), (b, b_mid) = (a, b) if layer is not None else ((a, None), (b, None))
+            return self.sts_loss(a, b, batch["scores"], a_mid, b_mid)
+        query, passages = self.encoder(batch["query"]), self.encoder(batch["passages"])
+        return self.ir_loss(query, passages, batch["positive_mask"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, components = self.compute_loss(batch)
+        task, size = batch["task"], batch["size"]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log(f"train/{task}_loss", loss, batch_size=size)
+        for name, value in components.items():
+            self.log(f"train/{task}/{name}", value, batch_size=size)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # Record how far the epoch got for exact resumes, and the sampler statistics the loggers show.
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "mark_consumed"):
+            datamodule.mark_consumed(batch["position"])
+        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+            self.steps_by_task[batch["task"]] = self.steps_by_task.get(batch["task"], 0) + 1
+            self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
+            for task, count in self.steps_by_task.items():
+                self.log(f"sampler/steps_{task}", float(count), batch_size=1)
+
+    # ------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        fused = all(p.is_cuda for p in decay + no_decay) or None  # fused AdamW exists on CUDA only
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas),
+                                      eps=self.hparams.eps, fused=fused)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(self.hparams.schedule, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+
+def _schedule(kind: str, warmup: int, total: int):
+    """Linear warmup, then linear (or cosine) decay to zero, or constant."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return 1.0 - progress
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind == "constant":
+            return 1.0
+        raise ValueError(f"unknown schedule {kind!r}; use linear, cosine or constant")
+    return factor
