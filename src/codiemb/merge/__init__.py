@@ -1,0 +1,9 @@
+"""Post-training weight merging (CoDiEmb delta merge and baselines) on exported safetensors model directories.
+
+This package never imports ``codiemb.models``: it works on state dicts, so it merges any encoder quickly.
+"""
+
+from codiemb.merge.api import merge_from_config, merge_models
+from codiemb.merge.methods import dare, delta_merge, task_arithmetic, ties, uniform
+
+__all__ = ["merge_models", "merge_from_config", "delta_merge", "uniform", "task_arithmetic", "ties", "dare"]

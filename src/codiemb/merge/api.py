@@ -1,0 +1,173 @@
+"""The merge stage's entry points: ``merge_models`` (Python) and ``merge_from_config`` (train.py / merge.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from codiemb.errors import ConfigError
+from codiemb.merge.greedy import greedy_soup_select
+from codiemb.merge.methods import MergeRule, make_rule
+from codiemb.merge.report import REPORT_JSON, format_table, summarise, write_report
+from codiemb.merge.stream import (CHUNK_ELEMENTS, ModelDir, TensorReader, check_compatible, merge_tensor,
+                                  plan_tensors, write_model_dir)
+from codiemb.utils.atomic import atomic_directory, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[str], float]
+EvaluateFn = Callable[[str], Mapping[str, float]]
+# Keys of a `merge` config that are not method options.
+CONFIG_KEYS = ("method", "base", "checkpoints", "output", "evaluate", "score_key")
+
+
+def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: str | Path, method: str = "delta",
+                 score_fn: ScoreFn | None = None, *, evaluate_fn: EvaluateFn | None = None,
+                 chunk_elements: int = CHUNK_ELEMENTS, **options) -> dict:
+    """Merge exported model directories ``checkpoints`` against ``base`` into ``output``; return the report.
+
+    ``method``: delta | uniform | greedy_soup | task_arithmetic | ties | dare, ``options`` as in
+    :data:`codiemb.merge.methods.DEFAULT_OPTIONS` (``lambda`` is accepted for ``lam``). ``score_fn(model_dir)``
+    (higher is better) is required by greedy_soup. ``evaluate_fn(model_dir) -> {metric: value}``, when given,
+    scores the base, every checkpoint and the result; the table is logged and stored in the report.
+    ``output`` appears complete or not at all; it holds the last checkpoint's non-weight files, the merged
+    ``model.safetensors``, ``merge_report.json`` and ``merge_report.png``.
+    """
+    if not checkpoints:
+        raise ConfigError("merge needs at least one checkpoint")
+    rule = make_rule(method, **options)
+    dirs = [ModelDir.open(p) for p in [base, *checkpoints]]
+    check_compatible(dirs)
+    output = Path(output)
+    greedy = None
+    with TensorReader(dirs) as reader:
+        merged_names, copied, ignored = plan_tensors(reader)
+        if method == "greedy_soup":
+            if score_fn is None:
+                raise ConfigError("greedy_soup needs a score_fn (set merge.evaluate/evaluator, or pass score_fn)")
+            greedy = _select_greedy(reader, merged_names, copied, score_fn, output, chunk_elements)
+            rule = make_rule("greedy_soup", members=[i in greedy["members"] for i in range(len(checkpoints))])
+        tensors, stats = _merge_all(reader, merged_names, copied, rule, chunk_elements)
+        metadata = reader.metadata(len(checkpoints), (merged_names + copied)[0])
+    report = {"method": method, "options": rule.options, "base": str(base),
+              "checkpoints": [str(c) for c in checkpoints], "output": str(output),
+              "summary": summarise(stats), "tensors": stats, "copied_from_last_checkpoint": copied,
+              "ignored_base_only": ignored, "greedy_soup": greedy}
+    with atomic_directory(output) as tmp:
+        write_model_dir(tmp, dirs[-1], tensors, metadata)
+        write_report(report, tmp)
+    del tensors
+    log.info("merged %d checkpoints with %s into %s", len(checkpoints), method, output)
+    if evaluate_fn is not None:
+        report["evaluation"] = evaluate_models(base, checkpoints, output, evaluate_fn, method)
+        atomic_write_text(output / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
+                      evaluate_fn: EvaluateFn | None = None) -> dict | None:
+    """Run the stage described by a ``merge`` config group (``configs/merge/<method>.yaml``).
+
+    Explicit ``base``/``checkpoints``/``output`` override the config (train.py passes its run's directories).
+    ``method: none`` returns None. ``evaluate: true`` needs ``evaluate_fn``; greedy_soup scores with
+    ``evaluate_fn(dir)[score_key]``. Every other key is an option of the method.
+    """
+    cfg = _to_dict(cfg)
+    method = cfg.get("method")
+    if method in (None, "none"):
+        return None
+    base = base if base is not None else cfg.get("base")
+    checkpoints = list(checkpoints if checkpoints is not None else cfg.get("checkpoints") or [])
+    output = output if output is not None else cfg.get("output")
+    for key, value in (("merge.base", base), ("merge.output", output)):
+        if value is None:
+            raise ConfigError(f"{key} is not set (e.g. `python merge.py {key}=<dir>`)")
+    if not checkpoints:
+        raise ConfigError("merge.checkpoints is empty (e.g. `merge.checkpoints=[<dir>,<dir>]`)")
+    needs_scores = cfg.get("evaluate") or method == "greedy_soup"
+    if needs_scores and evaluate_fn is None:
+        raise ConfigError(f"{'greedy_soup' if method == 'greedy_soup' else 'merge.evaluate=true'} needs an "
+                          "evaluator: set `evaluator` (a `_target_` returning fn(model_dir) -> {metric: value})")
+    inputs = [base, *checkpoints]
+    cached = _cached(evaluate_fn, inputs) if evaluate_fn is not None else None
+    score_key = cfg.get("score_key", "val/mean")
+    score_fn = (lambda d: float(cached(d)[score_key])) if method == "greedy_soup" else None
+    options = {k: v for k, v in cfg.items() if k not in CONFIG_KEYS}
+    return merge_models(base, checkpoints, output, method, score_fn,
+                        evaluate_fn=cached if cfg.get("evaluate") else None, **options)
+
+
+def evaluate_models(base, checkpoints, output, evaluate_fn: EvaluateFn, method: str) -> dict:
+    """Score base, checkpoints and merged result; log one table."""
+    models = [("base", base)] + [(f"ckpt {i + 1}: {Path(c).name}", c) for i, c in enumerate(checkpoints)]
+    rows = [{"model": label, **evaluate_fn(str(path))} for label, path in models + [(f"merged ({method})",
+                                                                                       output)]]
+    table = format_table(rows)
+    log.info("merge evaluation:\n%s", table)
+    return {"rows": rows, "table": table}
+
+
+def _merge_all(reader: TensorReader, merged_names: list[str], copied: list[str], rule: MergeRule,
+               chunk_elements: int) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    last = len(reader.dirs) - 1
+    tensors, stats = {}, {}
+    for name in reader.dirs[-1].tensor_files:  # keep the checkpoint's tensor order
+        if name in copied:
+            tensors[name] = reader.read(last, name)
+        elif name in merged_names:
+            tensors[name], tensor_stats = merge_tensor(reader, name, rule, chunk_elements)
+            stats[name] = tensor_stats.as_dict()
+    return tensors, stats
+
+
+def _select_greedy(reader, merged_names, copied, score_fn: ScoreFn, output: Path, chunk_elements: int) -> dict:
+    """Score each checkpoint, then soups written to scratch directories beside ``output``."""
+    individual = [float(score_fn(str(d.path))) for d in reader.dirs[1:]]
+
+    def soup_score(members: list[int]) -> float:
+        rule = make_rule("greedy_soup", members=[i in members for i in range(len(individual))])
+        tensors, _ = _merge_all(reader, merged_names, copied, rule, chunk_elements)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.soup-", dir=output.parent))
+        try:
+            write_model_dir(scratch / "model", reader.dirs[-1], tensors, {})
+            del tensors
+            return float(score_fn(str(scratch / "model")))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    return {"individual_scores": individual, **greedy_soup_select(individual, soup_score)}
+
+
+def _cached(evaluate_fn: EvaluateFn, inputs: Sequence) -> EvaluateFn:
+    """Evaluate each input directory once (greedy soup and the table both ask for the checkpoints' scores).
+
+    Only the inputs are cached: scratch soups and the output are new models at possibly reused paths.
+    """
+    keep = {str(Path(p).resolve()) for p in inputs}
+    seen: dict[str, Mapping[str, float]] = {}
+
+    def evaluate(model_dir: str) -> Mapping[str, float]:
+        key = str(Path(model_dir).resolve())
+        if key not in keep:
+            return dict(evaluate_fn(model_dir))
+        if key not in seen:
+            seen[key] = dict(evaluate_fn(model_dir))
+        return seen[key]
+    return evaluate
+
+
+def _to_dict(cfg) -> dict:
+    try:
+        from omegaconf import DictConfig, OmegaConf
+        if isinstance(cfg, DictConfig):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with hydra
+        pass
+    return dict(cfg)

@@ -1,0 +1,242 @@
+"""Per-tensor merge rules. Pure torch: no files, no models.
+
+Every rule here is linear in the checkpoint deltas ``d_k = w_k - w0`` with per-element coefficients ``c_k``::
+
+    merged = w0 + sum_k c_k * d_k
+
+so each method is written as a *coefficient function* ``deltas [K, *shape] -> c`` (``c`` broadcasts against
+``deltas``). The streaming merger (:mod:`codiemb.merge.stream`) calls these on row chunks of a tensor; the report
+reads the same coefficients. The plain functions at the bottom (``delta_merge``, ``uniform``, ...) merge whole
+small tensors and are what the hand-worked tests exercise.
+
+Methods
+-------
+* ``delta`` (CoDiEmb, arXiv 2508.11442): ``a_k = n_k^p / sum_j n_j^p`` with ``n_k = |d_k|`` per element,
+  the L2 norm of the row of ``d_k`` (``granularity="row"``: dim 0 indexes rows, 1-D tensors have one element per
+  row) or of the whole tensor (``"tensor"``); ``c_k = lam * a_k``; where every ``n_k`` is 0 the element keeps w0.
+* ``uniform`` (Model Soup, Wortsman et al. 2022): ``c_k = 1/K`` (over the chosen members, for greedy soup).
+* ``task_arithmetic`` (Ilharco et al. 2023): ``c_k = lam``.
+* ``ties`` (Yadav et al. 2023): keep the top-``density`` magnitudes of each ``d_k`` (per tensor), elect the sign
+  ``s = sign(sum_k trimmed_k)``, average the kept deltas whose sign agrees with ``s`` (disjoint mean), times lam.
+* ``dare`` (Yu et al. 2024): drop each delta element with probability ``p``, rescale survivors by ``1/(1-p)``,
+  then combine linearly (``w0 + lam * sum_k d~_k``) or with TIES sign election + disjoint mean (no extra trim).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from codiemb.errors import ConfigError
+
+GRANULARITIES = ("element", "row", "tensor")
+
+
+# --------------------------------------------------------------------------------------- coefficient functions
+def delta_coefficients(deltas: torch.Tensor, p: float = 1.0, granularity: str = "element", lam: float = 1.0,
+                       norms: torch.Tensor | None = None) -> torch.Tensor:
+    """``lam * a_k`` with ``a_k = n_k^p / sum_j n_j^p``; 0 where all ``n_k`` are 0 (the element keeps w0).
+
+    ``norms`` ([K], optional) are whole-tensor delta norms for ``granularity="tensor"`` when ``deltas`` is only a
+    chunk of the tensor.
+    """
+    magnitude = _magnitudes(deltas, granularity, norms)
+    top = magnitude.amax(dim=0, keepdim=True)
+    # Divide by the largest magnitude before the power so a large p cannot overflow; a_k is unchanged by it.
+    scaled = (magnitude / top.clamp_min(torch.finfo(magnitude.dtype).tiny)).pow(p)
+    weights = scaled / scaled.sum(dim=0, keepdim=True)
+    return torch.where(top > 0, weights, torch.zeros_like(weights)) * lam
+
+
+def uniform_coefficients(deltas: torch.Tensor, members: Sequence[bool] | None = None) -> torch.Tensor:
+    """``1/|S|`` for the members ``S`` of the soup (all checkpoints by default), 0 for the others."""
+    mask = torch.ones(deltas.shape[0]) if members is None else torch.tensor(members, dtype=torch.float64)
+    if mask.sum() == 0:
+        raise ConfigError("a soup needs at least one member")
+    return _per_checkpoint(mask / mask.sum(), deltas)
+
+
+def task_arithmetic_coefficients(deltas: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    return _per_checkpoint(torch.full((deltas.shape[0],), float(lam)), deltas)
+
+
+def ties_coefficients(deltas: torch.Tensor, density: float = 0.2, lam: float = 1.0,
+                      thresholds: torch.Tensor | None = None) -> torch.Tensor:
+    """TIES: trim to the top-``density`` magnitudes, elect signs, disjoint mean (Yadav et al., NeurIPS 2023).
+
+    ``thresholds`` ([K]) are the per-checkpoint magnitude cut-offs over the whole tensor (see
+    :func:`ties_thresholds`); computed from ``deltas`` when not given. Elements tied with the cut-off are kept.
+    """
+    if thresholds is None:
+        thresholds = ties_thresholds(deltas, density)
+    cut = thresholds.to(deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+    keep = (deltas.abs() >= cut) & (deltas != 0)
+    return _disjoint_mean(deltas, keep.to(deltas.dtype)) * lam
+
+
+def ties_thresholds(deltas: torch.Tensor, density: float) -> torch.Tensor:
+    """Per checkpoint, the ``ceil(density * n)``-th largest ``|d_k|`` of the tensor (``n`` its element count)."""
+    flat = deltas.reshape(deltas.shape[0], -1).abs()
+    n = flat.shape[1]
+    keep = min(n, max(1, math.ceil(density * n)))
+    return torch.kthvalue(flat, n - keep + 1, dim=1).values
+
+
+def dare_coefficients(deltas: torch.Tensor, p: float = 0.5, combine: str = "linear", lam: float = 1.0,
+                      generator: torch.Generator | None = None,
+                      keep_masks: torch.Tensor | None = None) -> torch.Tensor:
+    """DARE (Yu et al., ICML 2024): keep each element with probability ``1-p`` and rescale it by ``1/(1-p)``.
+
+    ``keep_masks`` ([K, *shape] of 0/1) replaces the random draw (for hand-worked tests).
+    """
+    if keep_masks is None:
+        keep_masks = torch.rand(deltas.shape, generator=generator) >= p
+    rescale = keep_masks.to(deltas.dtype) / (1.0 - p)
+    if combine == "linear":
+        return rescale * lam
+    return _disjoint_mean(deltas * rescale, (keep_masks != 0).to(deltas.dtype)) * rescale * lam
+
+
+# ------------------------------------------------------------------------------------------------- rules
+@dataclass
+class ChunkContext:
+    """Where a chunk sits: the streaming merger fills it, rules read what they need."""
+
+    name: str = ""
+    start: int = 0
+    norms: torch.Tensor | None = None        # [K] whole-tensor L2 norms of the deltas
+    thresholds: torch.Tensor | None = None   # [K] TIES cut-offs over the whole tensor
+
+
+@dataclass
+class MergeRule:
+    """A method with validated options; ``coefficients(deltas, ctx)`` gives ``c`` for one chunk."""
+
+    method: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def needs_norms(self) -> bool:
+        return self.method == "delta" and self.options["granularity"] == "tensor"
+
+    @property
+    def needs_thresholds(self) -> bool:
+        return self.method == "ties"
+
+    def coefficients(self, deltas: torch.Tensor, ctx: ChunkContext | None = None) -> torch.Tensor:
+        ctx = ctx or ChunkContext()
+        o = self.options
+        if self.method == "delta":
+            return delta_coefficients(deltas, o["p"], o["granularity"], o["lam"], ctx.norms)
+        if self.method in ("uniform", "greedy_soup"):
+            return uniform_coefficients(deltas, o.get("members"))
+        if self.method == "task_arithmetic":
+            return task_arithmetic_coefficients(deltas, o["lam"])
+        if self.method == "ties":
+            return ties_coefficients(deltas, o["density"], o["lam"], ctx.thresholds)
+        generator = torch.Generator().manual_seed(_chunk_seed(o["seed"], ctx.name, ctx.start))
+        return dare_coefficients(deltas, o["p"], o["combine"], o["lam"], generator)
+
+
+DEFAULT_OPTIONS: dict[str, dict] = {
+    "delta": {"p": 1.0, "granularity": "element", "lam": 1.0},
+    "uniform": {},
+    "greedy_soup": {},
+    "task_arithmetic": {"lam": 1.0},
+    "ties": {"density": 0.2, "lam": 1.0},
+    "dare": {"p": 0.5, "combine": "linear", "lam": 1.0, "seed": 0},
+}
+
+
+def make_rule(method: str, **options) -> MergeRule:
+    """Validate ``options`` for ``method`` (unknown or out-of-range values raise ConfigError)."""
+    if method not in DEFAULT_OPTIONS:
+        raise ConfigError(f"unknown merge method {method!r}; choose one of {sorted(DEFAULT_OPTIONS)}")
+    if "lambda" in options:  # `lambda` is the issue's name; `lam` is the Python-safe spelling
+        options["lam"] = options.pop("lambda")
+    allowed = set(DEFAULT_OPTIONS[method]) | ({"members"} if method == "greedy_soup" else set())
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(f"options {sorted(unknown)} do not apply to merge method {method!r} (it takes "
+                          f"{sorted(allowed) or 'no options'}); pick the method with `merge={method}`, "
+                          "not only `merge.method=...`, so its own options come with it")
+    merged = {**DEFAULT_OPTIONS[method], **options}
+    if method == "delta":
+        if merged["granularity"] not in GRANULARITIES:
+            raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {merged['granularity']!r}")
+        if merged["p"] < 0:
+            raise ConfigError(f"delta merge needs p >= 0, got {merged['p']}")
+    if method == "ties" and not 0 < merged["density"] <= 1:
+        raise ConfigError(f"ties density must be in (0, 1], got {merged['density']}")
+    if method == "dare":
+        if not 0 <= merged["p"] < 1:
+            raise ConfigError(f"dare drop rate p must be in [0, 1), got {merged['p']}")
+        if merged["combine"] not in ("linear", "ties"):
+            raise ConfigError(f"dare combine must be 'linear' or 'ties', got {merged['combine']!r}")
+    return MergeRule(method, merged)
+
+
+# ------------------------------------------------------------------------------------ whole-tensor merges
+def apply_coefficients(w0: torch.Tensor, ws: Sequence[torch.Tensor], coefficient_fn) -> torch.Tensor:
+    """``w0 + sum_k c_k d_k`` computed in float32 (float64 if an input is), returned in ``ws[-1]``'s dtype."""
+    compute = torch.float64 if any(t.dtype == torch.float64 for t in (w0, *ws)) else torch.float32
+    base = w0.to(compute)
+    deltas = torch.stack([w.to(compute) for w in ws]) - base
+    merged = base + (coefficient_fn(deltas) * deltas).sum(dim=0)
+    return merged.to(ws[-1].dtype)
+
+
+def delta_merge(w0, ws, p: float = 1.0, granularity: str = "element", lam: float = 1.0) -> torch.Tensor:
+    rule = make_rule("delta", p=p, granularity=granularity, lam=lam)
+    return apply_coefficients(w0, ws, rule.coefficients)
+
+
+def uniform(w0, ws) -> torch.Tensor:
+    return apply_coefficients(w0, ws, make_rule("uniform").coefficients)
+
+
+def task_arithmetic(w0, ws, lam: float = 1.0) -> torch.Tensor:
+    return apply_coefficients(w0, ws, make_rule("task_arithmetic", lam=lam).coefficients)
+
+
+def ties(w0, ws, density: float = 0.2, lam: float = 1.0) -> torch.Tensor:
+    return apply_coefficients(w0, ws, make_rule("ties", density=density, lam=lam).coefficients)
+
+
+def dare(w0, ws, p: float = 0.5, combine: str = "linear", lam: float = 1.0, seed: int = 0,
+         keep_masks: torch.Tensor | None = None) -> torch.Tensor:
+    make_rule("dare", p=p, combine=combine, lam=lam, seed=seed)  # validation only
+    generator = torch.Generator().manual_seed(seed)
+    return apply_coefficients(w0, ws, lambda d: dare_coefficients(d, p, combine, lam, generator, keep_masks))
+
+
+# -------------------------------------------------------------------------------------------------- helpers
+def _magnitudes(deltas: torch.Tensor, granularity: str, norms: torch.Tensor | None) -> torch.Tensor:
+    if granularity == "element" or (granularity == "row" and deltas.dim() <= 2):
+        return deltas.abs()  # a 1-D tensor's rows are its elements
+    if granularity == "row":
+        return torch.linalg.vector_norm(deltas, dim=tuple(range(2, deltas.dim())), keepdim=True)
+    if norms is None:
+        norms = torch.linalg.vector_norm(deltas.reshape(deltas.shape[0], -1), dim=1)
+    return _per_checkpoint(norms.to(deltas.dtype), deltas)
+
+
+def _per_checkpoint(values: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
+    """Shape a [K] vector so it broadcasts over ``deltas`` [K, *shape]."""
+    return values.to(deltas.dtype).reshape(-1, *([1] * (deltas.dim() - 1)))
+
+
+def _disjoint_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Coefficients (0 or 1/count) of the TIES disjoint mean over kept entries agreeing with the elected sign."""
+    elected = torch.sign((values * keep).sum(dim=0, keepdim=True))
+    agree = keep * (torch.sign(values) == elected) * (elected != 0)
+    return agree / agree.sum(dim=0, keepdim=True).clamp_min(1)
+
+
+def _chunk_seed(seed: int, name: str, start: int) -> int:
+    """A reproducible seed per (tensor, chunk) so DARE's masks do not depend on the order tensors stream in."""
+    return zlib.crc32(f"{seed}:{name}:{start}".encode())

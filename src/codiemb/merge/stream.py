@@ -1,0 +1,246 @@
+"""Read exported model directories tensor by tensor, check they can be merged, merge in row chunks.
+
+Memory: tensors are read with ``safetensors.safe_open`` slices, ``chunk_elements`` at a time per checkpoint, so
+the working set is ``K x chunk`` plus the merged model being assembled, whatever K is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from codiemb.errors import MergeError
+from codiemb.merge.methods import ChunkContext, MergeRule, ties_thresholds
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+CHUNK_ELEMENTS = 1 << 20
+# config.json keys that fix the shape of the network; any difference means another architecture.
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
+                     "type_vocab_size", "head_dim")
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+@dataclass
+class ModelDir:
+    """An exported model directory: where each tensor lives (one file or an index of shards)."""
+
+    path: Path
+    tensor_files: dict[str, Path] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelDir":
+        path = Path(path)
+        if (path / WEIGHTS_NAME).is_file():
+            with safe_open(path / WEIGHTS_NAME, framework="pt") as handle:
+                return cls(path, {name: path / WEIGHTS_NAME for name in handle.keys()})
+        if (path / INDEX_NAME).is_file():
+            weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+            return cls(path, {name: path / shard for name, shard in weight_map.items()})
+        raise MergeError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}; merge inputs must be exported model "
+                         "directories (Encoder.save / SentenceTransformer.save)")
+
+    @property
+    def weight_files(self) -> set[str]:
+        return {p.name for p in self.tensor_files.values()} | {INDEX_NAME}
+
+
+def check_compatible(dirs: list[ModelDir]) -> None:
+    """Refuse inputs with different architectures (config.json) or tokenizers (vocabulary fingerprint)."""
+    configs = [_read_json(d.path / "config.json") for d in dirs]
+    for key in ARCHITECTURE_KEYS:
+        values = {d.path: c.get(key) for d, c in zip(dirs, configs) if c is not None}
+        if len(set(map(json.dumps, values.values()))) > 1:
+            raise MergeError(f"different architectures: config.json '{key}' is "
+                             + ", ".join(f"{v!r} in {p}" for p, v in values.items()))
+    prints = {d.path: tokenizer_fingerprint(d.path) for d in dirs}
+    known = {p: f for p, f in prints.items() if f is not None}
+    if len(set(known.values())) > 1:
+        groups: dict[str, list[str]] = {}
+        for p, f in known.items():
+            groups.setdefault(f[:12], []).append(str(p))
+        raise MergeError(f"different tokenizers (vocabulary fingerprints): {groups}")
+
+
+def tokenizer_fingerprint(path: Path) -> str | None:
+    """sha256 of the vocabulary: tokenizer.json's model (vocab, merges) and added tokens, else the vocab files.
+
+    Formatting and padding/truncation settings are left out, so re-saving a tokenizer keeps its fingerprint.
+    """
+    digest = hashlib.sha256()
+    if (path / "tokenizer.json").is_file():
+        data = json.loads((path / "tokenizer.json").read_text())
+        added = [(t.get("id"), t.get("content")) for t in data.get("added_tokens") or []]
+        digest.update(json.dumps({"model": data.get("model"), "added": added}, sort_keys=True).encode())
+        return digest.hexdigest()
+    found = [name for name in TOKENIZER_FILES if (path / name).is_file()]
+    for name in found:
+        digest.update(name.encode() + (path / name).read_bytes())
+    return digest.hexdigest() if found else None
+
+
+class TensorReader(contextlib.ExitStack):
+    """Open safetensors handles for the base (index 0) and every checkpoint (1..K)."""
+
+    def __init__(self, dirs: list[ModelDir]):
+        super().__init__()
+        self.dirs = dirs
+        self._handles: dict[Path, object] = {}
+
+    def _handle(self, i: int, name: str):
+        file = self.dirs[i].tensor_files[name]
+        if file not in self._handles:
+            self._handles[file] = self.enter_context(safe_open(file, framework="pt"))
+        return self._handles[file]
+
+    def shape(self, i: int, name: str) -> list[int]:
+        return list(self._handle(i, name).get_slice(name).get_shape())
+
+    def is_float(self, i: int, name: str) -> bool:
+        return self._handle(i, name).get_slice(name).get_dtype() in ("F64", "F32", "F16", "BF16", "F8_E4M3",
+                                                                    "F8_E5M2")
+
+    def read(self, i: int, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        if start is None:
+            return self._handle(i, name).get_tensor(name)
+        return self._handle(i, name).get_slice(name)[start:stop]
+
+    def metadata(self, i: int, name: str) -> dict:
+        return self._handle(i, name).metadata() or {}
+
+
+def plan_tensors(reader: TensorReader) -> tuple[list[str], list[str], list[str]]:
+    """(float tensors to merge, non-float tensors to copy, base-only tensors ignored); raises MergeError."""
+    base, *ckpts = reader.dirs
+    names = list(ckpts[-1].tensor_files)
+    for d in ckpts[:-1]:
+        missing, extra = set(names) - set(d.tensor_files), set(d.tensor_files) - set(names)
+        if missing or extra:
+            raise MergeError(f"{d.path} has other tensors than {ckpts[-1].path}: missing {sorted(missing)[:5]}, "
+                             f"extra {sorted(extra)[:5]} (different architectures?)")
+    absent = [n for n in names if n not in base.tensor_files]
+    if absent:
+        raise MergeError(f"base {base.path} lacks tensors {absent[:5]} that the checkpoints have")
+    merged, copied = [], []
+    for name in names:
+        shapes = {str(reader.dirs[i].path): reader.shape(i, name) for i in range(len(reader.dirs))}
+        if len({tuple(s) for s in shapes.values()}) > 1:
+            raise MergeError(f"tensor '{name}' has different shapes: {shapes}")
+        floats = {reader.is_float(i, name) for i in range(len(reader.dirs))}
+        if len(floats) > 1:
+            raise MergeError(f"tensor '{name}' is floating point in some inputs and not in others")
+        (merged if floats == {True} else copied).append(name)
+    return merged, copied, sorted(set(base.tensor_files) - set(names))
+
+
+def row_chunks(shape: list[int], chunk_elements: int) -> Iterator[tuple[int | None, int | None]]:
+    """(start, stop) row ranges of about ``chunk_elements`` each; (None, None) for a 0-d tensor."""
+    if not shape:
+        yield None, None
+        return
+    per_row = max(1, math.prod(shape[1:]))
+    step = max(1, chunk_elements // per_row)
+    for start in range(0, shape[0], step):
+        yield start, min(shape[0], start + step)
+
+
+@dataclass
+class TensorStats:
+    """What the report shows per tensor: mean coefficient and elements dominated, per checkpoint."""
+
+    numel: int
+    weight_sum: torch.Tensor
+    dominant: torch.Tensor
+    unchanged: int = 0
+
+    def as_dict(self) -> dict:
+        n = max(self.numel, 1)
+        return {"numel": self.numel, "mean_weight": (self.weight_sum / n).tolist(),
+                "dominant_fraction": (self.dominant / n).tolist(), "unchanged_fraction": self.unchanged / n}
+
+
+def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
+                 chunk_elements: int = CHUNK_ELEMENTS) -> tuple[torch.Tensor, TensorStats]:
+    """Merge one tensor chunk by chunk; returns it in the last checkpoint's dtype, with its stats."""
+    k = len(reader.dirs) - 1
+    shape = reader.shape(0, name)
+    ctx = ChunkContext(name=name)
+    if rule.needs_norms:
+        squares = torch.zeros(k, dtype=torch.float64)
+        for start, stop in row_chunks(shape, chunk_elements):
+            squares += _deltas(reader, name, start, stop).reshape(k, -1).double().pow(2).sum(dim=1)
+        ctx.norms = squares.sqrt()
+    if rule.needs_thresholds:  # the cut-off needs the whole tensor: one checkpoint at a time
+        base = reader.read(0, name).float()
+        ctx.thresholds = torch.stack([ties_thresholds((reader.read(i, name).float() - base)[None],
+                                                      rule.options["density"])[0] for i in range(1, k + 1)])
+        del base
+    out_dtype = reader.read(k, name, *((0, 1) if shape else (None, None))).dtype
+    merged = torch.empty(shape, dtype=out_dtype)
+    stats = TensorStats(math.prod(shape), torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64))
+    for start, stop in row_chunks(shape, chunk_elements):
+        ctx.start = start or 0
+        base = reader.read(0, name, start, stop)
+        deltas = _deltas(reader, name, start, stop, base)
+        coefficients = rule.coefficients(deltas, ctx).expand_as(deltas)
+        rest = tuple(range(1, deltas.dim()))  # sum the expanded view without materialising it
+        stats.weight_sum += coefficients.sum(dim=rest, dtype=torch.float64) if rest else coefficients.double()
+        contributions = coefficients * deltas
+        del coefficients
+        piece = base.to(deltas.dtype) + contributions.sum(dim=0)
+        if start is None:
+            merged.copy_(piece)
+        else:
+            merged[start:stop] = piece.to(out_dtype)
+        contributions.abs_()
+        top, winner = contributions.reshape(k, -1).max(dim=0)
+        changed = top > 0
+        stats.dominant += torch.bincount(winner[changed], minlength=k).double()
+        stats.unchanged += int((~changed).sum())
+    return merged, stats
+
+
+def _deltas(reader: TensorReader, name: str, start, stop, base: torch.Tensor | None = None) -> torch.Tensor:
+    """[K, *chunk] deltas in float32 (float64 if the base is float64)."""
+    base = reader.read(0, name, start, stop) if base is None else base
+    dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
+    stacked = torch.stack([reader.read(i, name, start, stop).to(dtype) for i in range(1, len(reader.dirs))])
+    return stacked.sub_(base.to(dtype))
+
+
+def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
+    """Non-weight files of ``template`` plus ``tensors`` as model.safetensors, into ``target`` (a fresh dir)."""
+    skip = template.weight_files
+    target.mkdir(parents=True, exist_ok=True)
+    for item in template.path.iterdir():
+        if item.name in skip:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target / item.name)
+        else:
+            shutil.copy2(item, target / item.name)
+    save_file(tensors, str(target / WEIGHTS_NAME), metadata={**metadata, "format": "pt"})
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MergeError(f"{path}: not valid JSON ({exc})") from exc
