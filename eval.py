@@ -1,0 +1,29 @@
+"""Evaluate an exported checkpoint, a merged model or a hub model on a list of sets.
+
+    python eval.py model_path=<dir | hub name | bundled:all-MiniLM-L6-v2> eval=real_test
+    python eval.py model_path=<trained dir> compare_with=bundled:all-MiniLM-L6-v2 report.geometry=true
+
+Prints the table and writes results.json / results.md (and geometry PNGs) into the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> dict:
+    from codiemb.eval.app import run_eval
+
+    return run_eval(cfg.model_path, cfg.eval.sets, cfg.paths.output_dir, compare_with=cfg.get("compare_with"),
+                    batch_size=cfg.batch_size, geometry=cfg.report.geometry,
+                    geometry_max_pairs=cfg.report.max_pairs, device=cfg.get("device"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Validation during training: every N optimizer steps, STS dev Spearman and IR dev nDCG@10.
+
+Logs ``val/sts_spearman`` (mean over STS sets), ``val/ir_ndcg@10`` (mean over IR sets), ``val/mean``
+(mean of the two that exist) and ``val/<set>/<metric>`` per set, all x100, so ``val/mean`` can be the
+monitored metric of ``ModelCheckpoint`` (same ``every_n_train_steps``) and the Optuna objective.
+
+DDP: every rank evaluates the full (small) sets with its own copy of the weights, which DDP keeps
+identical, and logs the same numbers: no collective call, so ranks can never wait on each other, and
+every rank's ``ModelCheckpoint``/early stopping sees the monitored value. The cost is redundant work,
+which is why the sets must be small (see ``configs/eval/real_dev.yaml``). The encoder is called
+directly (``pl_module.encoder``), not through the DDP wrapper, so no gradient hooks fire.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+
+from codiemb.eval.runner import evaluate, summarize
+from codiemb.eval.sets import parse_sets
+
+log = logging.getLogger(__name__)
+
+
+class ValidationCallback(L.Callback):
+    def __init__(self, sets: list[dict], every_n_steps: int = 50, batch_size: int = 64, on_train_end: bool = True):
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.sets = parse_sets(sets)
+        self.every_n_steps, self.batch_size = every_n_steps, batch_size
+        self.evaluate_on_train_end = on_train_end
+        self._cache: dict = {}  # set name -> loaded data: the files are read once per run
+        self._last_step: int | None = None
+        self.last_metrics: dict[str, float] = {}
+
+    def compute(self, pl_module) -> dict[str, float]:
+        """``{"val/...": value}`` for the module's encoder at its current weights."""
+        results = evaluate(pl_module.encoder, self.sets, batch_size=self.batch_size, cache=self._cache)
+        metrics = {f"val/{k}": v for k, v in summarize(results, self.sets).items()}
+        for name, scores in results.items():
+            metrics.update({f"val/{name}/{k}": v for k, v in scores.items()
+                            if k not in ("queries", "docs", "pairs")})
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        # global_step counts optimizer steps, so with gradient accumulation it repeats: evaluate once.
+        if step == 0 or step % self.every_n_steps or step == self._last_step or not self.sets:
+            return
+        metrics = self._run(pl_module, step)
+        for key, value in metrics.items():
+            pl_module.log(key, value, on_step=True, on_epoch=False, prog_bar=key == "val/mean",
+                          sync_dist=False, rank_zero_only=False)
+
+    def on_train_end(self, trainer, pl_module):
+        """Score the final weights too (Lightning forbids ``self.log`` here, so write to the loggers)."""
+        if not self.evaluate_on_train_end or not self.sets or trainer.global_step == self._last_step:
+            return
+        metrics = self._run(pl_module, trainer.global_step)
+        trainer.callback_metrics.update({k: _tensor(v) for k, v in metrics.items()})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def _run(self, pl_module, step: int) -> dict[str, float]:
+        self._last_step = step
+        self.last_metrics = self.compute(pl_module)
+        log.info("step %d: %s", step, {k: round(v, 2) for k, v in self.last_metrics.items()
+                                        if k.count("/") == 1})
+        return self.last_metrics
+
+
+def _tensor(value: float):
+    import torch
+    return torch.tensor(value)
