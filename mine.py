@@ -1,0 +1,26 @@
+"""Mine hard negatives: `python mine.py input.path=<data> input.format=<fmt> output=<file.jsonl>`."""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import codiemb.utils.resolvers  # noqa: F401  (registers the resolvers the configs use)
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="mine")
+def main(cfg: DictConfig) -> None:
+    from codiemb.mining import mine_dataset
+
+    report = mine_dataset(
+        model_path=cfg.model_path, encoder_options=OmegaConf.to_container(cfg.encoder),
+        input_format=cfg.input.format, input_path=cfg.input.path, split=cfg.input.split, name=cfg.input.name,
+        reader_options=OmegaConf.to_container(cfg.input.options), corpus_path=cfg.corpus_path,
+        output=cfg.output, limit=cfg.limit, with_scores=cfg.with_scores,
+        range_min=cfg.range_min, range_max=cfg.range_max, num_negatives=cfg.num_negatives,
+        absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin, max_score=cfg.max_score,
+        sampling=cfg.sampling, seed=cfg.seed, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
+        keep_existing_negatives=cfg.keep_existing_negatives, show_progress=cfg.show_progress)
+    print(f"wrote {cfg.output}: {report.summary()}; seconds {report.seconds}")
+
+
+if __name__ == "__main__":
+    main()
