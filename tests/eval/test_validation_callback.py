@@ -1,0 +1,70 @@
+"""The validation callback in a tiny Lightning run of its own (no dependency on the project's module)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from codiemb.callbacks.validation import ValidationCallback
+from codiemb.eval.runner import evaluate, summarize
+
+from .conftest import tiny_encoder
+
+
+class TinyModule(L.LightningModule):
+    """Pulls two texts together with a cosine loss: just enough to change the weights between checks."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = tiny_encoder()
+
+    def training_step(self, batch, batch_idx):
+        features = self.encoder.tokenize(["a cat sits on the mat", "dogs bark loudly"], "passage")
+        emb = self.encoder(features)
+        loss = 1 - (emb[0] * emb[1]).sum()
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+def run(tmp_path, sets, callbacks, max_steps=4, accumulate=1):
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks,
+                        accumulate_grad_batches=accumulate)
+    module = TinyModule()
+    trainer.fit(module, DataLoader(range(64), batch_size=1))
+    return trainer, module
+
+
+def test_logs_the_numbers_evaluate_gives_and_scores_the_final_weights(tmp_path, tiny_sets):
+    callback = ValidationCallback(tiny_sets, every_n_steps=2, batch_size=4)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/mean", mode="max", every_n_train_steps=2,
+                                 save_top_k=1)
+    trainer, module = run(tmp_path, tiny_sets, [callback, checkpoint], max_steps=5)
+    assert callback._last_step == 5  # steps 2 and 4 by schedule, 5 at train end
+    results = evaluate(module.encoder, tiny_sets, batch_size=4)
+    summary = summarize(results, tiny_sets)
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/mean"]) == pytest.approx(summary["mean"], abs=1e-3)
+    assert float(metrics["val/sts_spearman"]) == pytest.approx(results["tiny_sts"]["spearman"], abs=1e-3)
+    assert float(metrics["val/ir_ndcg@10"]) == pytest.approx(results["tiny_ir"]["ndcg@10"], abs=1e-3)
+    assert float(metrics["val/tiny_ir/mrr@10"]) == pytest.approx(results["tiny_ir"]["mrr@10"], abs=1e-3)
+    assert checkpoint.best_model_path  # the monitored metric was available to ModelCheckpoint
+
+
+def test_gradient_accumulation_evaluates_once_per_optimizer_step(tmp_path, tiny_sets, monkeypatch):
+    callback = ValidationCallback(tiny_sets, every_n_steps=1, on_train_end=False)
+    steps = []
+    monkeypatch.setattr(callback, "compute", lambda module: steps.append(module.trainer.global_step) or {"val/mean": 1.0})
+    run(tmp_path, tiny_sets, [callback], max_steps=3, accumulate=2)
+    assert steps == [1, 2, 3]
+
+
+def test_rejects_a_zero_interval(tiny_sets):
+    with pytest.raises(ValueError):
+        ValidationCallback(tiny_sets, every_n_steps=0)
