@@ -166,3 +166,25 @@ def test_hydra_app_end_to_end(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 8 and all(len(r["negatives"]) == 2 and r["task"] == "ir" for r in rows)
     assert all(not set(r["negatives"]) & set(r["positives"]) for r in rows)
+
+
+@pytest.mark.slow  # ~10 s alone, more on a loaded machine (builds a second model stack)
+def test_agrees_with_sentence_transformers(tiny_encoder, tmp_path):
+    """The same tiny model exported to the sentence-transformers layout, mined by its reference code."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    tiny_encoder.save(tmp_path / "tiny")
+    st_model = SentenceTransformer(str(tmp_path / "tiny"), device="cpu")
+    records = toy_records()
+    corpus = [f"passage {i} about {w}." for i, w in enumerate("abcdefghijklmnopqrstuvwxyz")]
+    options = dict(range_min=2, range_max=12, num_negatives=3, absolute_margin=0.0)
+    ours = mine_records(records, tiny_encoder, corpus=corpus, sampling="top", keep_existing_negatives=False,
+                        show_progress=False, **options)
+    pairs = Dataset.from_dict({"query": [r.query for r in records], "answer": [r.positives[0] for r in records]})
+    theirs = mine_hard_negatives(pairs, st_model, corpus=corpus + ["an old given negative."],
+                                 sampling_strategy="top", output_format="n-tuple", verbose=False, **options)
+    mined_by_st = {row["query"]: (row["negative_1"], row["negative_2"], row["negative_3"]) for row in theirs}
+    assert len(mined_by_st) >= 4  # queries with fewer than 3 valid negatives are dropped by sentence-transformers
+    assert all(mined_by_st[r.query] == r.negatives for r in ours if r.query in mined_by_st)
