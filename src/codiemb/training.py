@@ -68,5 +68,16 @@ def run_merge_stage(cfg: DictConfig, base: Path, checkpoints: list[Path], output
     from codiemb.merge.api import merge_from_config
 
     output = output_dir / "merged"
-    merge_from_config(merge_cfg, base=base, checkpoints=checkpoints, output=output, val_sets=cfg.get("val"))
+    sets = (cfg.get("val") or {}).get("sets") or []
+    evaluate_fn = validation_scorer(sets) if sets else None
+    merge_from_config(merge_cfg, base=base, checkpoints=checkpoints, output=output, evaluate_fn=evaluate_fn)
     return str(output)
+
+
+def validation_scorer(sets):
+    """``model_dir -> {"val/<metric>": value}`` on the validation sets: feeds merge.evaluate and greedy soup."""
+    from codiemb.eval.runner import evaluate_model_dir
+
+    def score(model_dir: str) -> dict[str, float]:
+        return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
+    return score

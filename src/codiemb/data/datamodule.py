@@ -86,7 +86,8 @@ class CoDiEmbDataModule(L.LightningDataModule):
 
     def attach_tokenizer(self, tokenizer, settings: dict) -> None:
         """Give the collator the model's tokenizer and prompts (the data side never imports the model)."""
-        lengths = {k: v or settings[k] for k, v in self.max_lengths.items()}
+        lengths = {"query_max_length": self.max_lengths["query_max_length"] or settings["max_query_length"],
+                   "passage_max_length": self.max_lengths["passage_max_length"] or settings["max_passage_length"]}
         self.collator = Collator(tokenizer, query_prompt=settings.get("query_prompt", ""),
                                  passage_prompt=settings.get("passage_prompt", ""),
                                  instruction_template=settings["instruction_template"],

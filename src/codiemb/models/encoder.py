@@ -6,6 +6,7 @@ Saves and loads in the sentence-transformers directory layout, so an exported mo
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -172,7 +173,7 @@ class Encoder(nn.Module):
 
     def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
         """Export in the sentence-transformers layout; written to a temporary name, then renamed."""
-        with atomic_directory(directory) as tmp:
+        with atomic_directory(directory) as tmp, _quiet_progress():
             self.backbone.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_sentence_transformers_files(tmp, self.settings(), self.embedding_dim)
@@ -200,6 +201,20 @@ def write_sentence_transformers_files(directory: Path, settings: dict, dim: int)
           {"prompts": {"query": settings["query_prompt"], "document": settings["passage_prompt"]},
            "default_prompt_name": None, "similarity_fn_name": "cosine"})
     _dump(directory / CODIEMB_CONFIG, settings)
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+    """transformers draws a progress bar per save; a run exports many times, so keep the console clean."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _dump(path: Path, obj) -> None:

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from codiemb.losses.gather import all_gather_no_grad, all_gather_with_grad, assert_lockstep, gather_positive_mask
 from codiemb.models.encoder import Encoder
 
 
@@ -33,24 +34,36 @@ class CoDiEmbModule(L.LightningModule):
         if not getattr(self.sts_loss, "needs_middle_layer", False):
             return None
         layer = getattr(self.sts_loss, "middle_layer", None)
-        return self.encoder.num_layers // 2 if layer is None else int(layer)
+        # hidden_states has num_layers + 1 entries (embeddings first); the official release takes len // 2.
+        return (self.encoder.num_layers + 1) // 2 if layer is None else int(layer)
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        # Under DDP all ranks must be on the same task and dataset, or a gather would hang or mix tasks.
+        assert_lockstep(f"{batch['task']}/{batch['dataset']}", self.device)
         if batch["task"] == "sts":
             layer = self.middle_layer()
             a, b = self.encoder(batch["query"], hidden_layer=layer), self.encoder(batch["passages"], hidden_layer=layer)
             (a, a_mid), (b, b_mid) = (a, b) if layer is not None else ((a, None), (b, None))
-            return self.sts_loss(a, b, batch["scores"], a_mid, b_mid)
-        query, passages = self.encoder(batch["query"]), self.encoder(batch["passages"])
-        return self.ir_loss(query, passages, batch["positive_mask"])
+            scores = batch["scores"]
+            if getattr(self.sts_loss, "cross_device", False):
+                a, b, scores = all_gather_with_grad(a), all_gather_with_grad(b), all_gather_no_grad(scores)
+                a_mid, b_mid = (None, None) if a_mid is None else (all_gather_with_grad(a_mid),
+                                                                     all_gather_with_grad(b_mid))
+            return self.sts_loss(a, b, scores, a_mid, b_mid)
+        query, passages, mask = self.encoder(batch["query"]), self.encoder(batch["passages"]), batch["positive_mask"]
+        if getattr(self.ir_loss, "cross_device", False):
+            query, passages = all_gather_with_grad(query), all_gather_with_grad(passages)
+            mask = gather_positive_mask(mask)
+        return self.ir_loss(query, passages, mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, components = self.compute_loss(batch)
         task, size = batch["task"], batch["size"]
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log(f"train/{task}_loss", loss, batch_size=size)
+        logged = loss.detach().float()
+        self.log("train/loss", logged, prog_bar=True, batch_size=size)
+        self.log(f"train/{task}_loss", logged, batch_size=size)
         for name, value in components.items():
-            self.log(f"train/{task}/{name}", value, batch_size=size)
+            self.log(f"train/{task}/{name}", value.float(), batch_size=size)
         return loss
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:

@@ -1,0 +1,72 @@
+"""Worker for the gradient-parity tests, importable by spawned processes (see test_distributed_parity.py)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def build(seed: int = 0):
+    """The same tiny model and losses in every process."""
+    from codiemb.losses import CoDiEmbSTSLoss, InfoNCELoss
+    from codiemb.models.module import CoDiEmbModule
+    from tests.conftest import tiny_encoder
+
+    torch.manual_seed(seed)
+    module = CoDiEmbModule(tiny_encoder(), InfoNCELoss(temperature=0.05, cross_device=True),
+                           CoDiEmbSTSLoss(temperature=0.05, cross_device=True))
+    return module.train(False)  # no dropout: the two runs must compute the same function
+
+
+def records(task: str):
+    from codiemb.data.schema import Record
+
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    out = []
+    for i in range(8):
+        text = " ".join(words[(i + k) % len(words)] for k in range(3 + i % 4))
+        if task == "ir":  # a variable number of positives and negatives per query
+            positives = tuple(f"{text} answer {j}" for j in range(1 + i % 2))
+            negatives = tuple(f"{words[(i * 3 + j) % 12]} wrong {j}" for j in range(i % 3 + 1))
+            out.append(Record("ir", text, positives, negatives, dataset="d"))
+        else:
+            out.append(Record("sts", text, (f"{text} again {i}",), score=float(i % 6), dataset="s"))
+    return out
+
+
+def gradients(module, batch) -> dict[str, torch.Tensor]:
+    module.zero_grad()
+    loss, _ = module.compute_loss(batch)
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def collate(module, recs):
+    from codiemb.data.collator import Collator
+
+    return Collator(module.encoder.tokenizer, max_positives=2, num_negatives=3)(list(enumerate(recs)))
+
+
+def run_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Gradients for every (task, cross_device) case in one process group (spawning costs ~10 s each)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        results = {}
+        for task in ("ir", "sts"):
+            for cross_device in (True, False):
+                module = build()
+                module.ir_loss.cross_device = module.sts_loss.cross_device = cross_device
+                half = len(records(task)) // world
+                grads = gradients(module, collate(module, records(task)[rank * half:(rank + 1) * half]))
+                for g in grads.values():  # exactly what DDP does to gradients: average over ranks
+                    dist.all_reduce(g)
+                    g /= world
+                results[task, cross_device] = grads
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()

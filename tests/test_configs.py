@@ -1,0 +1,93 @@
+"""Every config group composes from the real configs/ and instantiates (without a network)."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from codiemb.data.sampler import POLICIES
+from tests.conftest import ROOT, TINY
+
+GROUPS = ROOT / "configs"
+
+
+def options(group):
+    return sorted(p.stem for p in (GROUPS / group).glob("*.yaml"))
+
+
+def test_default_config_composes_to_the_offline_defaults(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.model.name_or_path == "bundled:all-MiniLM-L6-v2"
+    assert cfg.task_mix.policy == "balanced" and cfg.data.task_mix == "balanced"
+    assert cfg.trainer.use_distributed_sampler is False
+    assert Path(cfg.paths.output_dir).is_dir()
+
+
+@pytest.mark.parametrize("name", options("task_mix"))
+def test_task_mix_options_are_known_policies(compose_cfg, name):
+    assert compose_cfg([f"task_mix={name}"]).data.task_mix in POLICIES
+
+
+@pytest.mark.parametrize("name", options("loss"))
+def test_loss_options_instantiate(compose_cfg, name):
+    cfg = compose_cfg([f"loss={name}"])
+    ir, sts = instantiate(cfg.loss.ir), instantiate(cfg.loss.sts)
+    assert callable(ir) and callable(sts)
+    assert hasattr(sts, "needs_middle_layer")
+
+
+@pytest.mark.parametrize("name", ["minilm", "bge", "e5", "gte"])
+def test_bert_family_model_configs_accept_a_local_path(compose_cfg, name):
+    """Hub names need a network; every config must also work from a local directory."""
+    overrides = [f"model={name}", "model.name_or_path=bundled:all-MiniLM-L6-v2", "+model.random_init=true"]
+    overrides += [f"+model.config_overrides.{k}={v}" for k, v in TINY.items()]
+    cfg = compose_cfg(overrides)
+    encoder = instantiate(cfg.model)
+    assert encoder.pooling == cfg.model.pooling and encoder.query_prompt == cfg.model.query_prompt
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_config_composes(compose_cfg, name):
+    cfg = compose_cfg([f"model={name}"])
+    assert cfg.model._target_.endswith("Encoder.from_pretrained")
+    assert cfg.model.pooling in ("mean", "cls", "last_token", "weighted_mean")
+
+
+@pytest.mark.parametrize("name", ["default", "cpu", "ddp_cpu_sim"])
+def test_cpu_trainers_instantiate(compose_cfg, name):
+    trainer = instantiate(compose_cfg([f"trainer={name}"]).trainer, logger=False)
+    assert trainer.num_devices * trainer.num_nodes >= 1
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_every_trainer_config_composes(compose_cfg, name):
+    assert compose_cfg([f"trainer={name}"]).trainer._target_ == "lightning.pytorch.trainer.Trainer"
+
+
+@pytest.mark.parametrize("name", [n for n in options("logger") if n != "none"])
+def test_loggers_instantiate_offline(compose_cfg, name):
+    from codiemb.training import instantiate_group
+
+    loggers = instantiate_group(compose_cfg([f"logger={name}"]).logger)
+    assert loggers
+
+
+def test_callbacks_instantiate(compose_cfg):
+    from codiemb.training import instantiate_group
+
+    kinds = {type(c).__name__ for c in instantiate_group(compose_cfg().callbacks)}
+    assert {"StepCheckpoint", "PeriodicExport", "LearningRateMonitor"} <= kinds
+
+
+def test_example_data_config_loads_and_builds_a_sampler(compose_cfg):
+    datamodule = instantiate(compose_cfg().data)
+    datamodule.load()
+    tasks = {info["task"] for info in datamodule.load_report.values()}
+    assert tasks == {"ir", "sts"}
+    assert len(datamodule.build_sampler()) > 0
+
+
+@pytest.mark.parametrize("name", options("debug") + options("experiment"))
+def test_debug_and_experiment_configs_compose(compose_cfg, name):
+    group = "debug" if (GROUPS / "debug" / f"{name}.yaml").exists() else "experiment"
+    assert compose_cfg([f"{group}={name}"]) is not None

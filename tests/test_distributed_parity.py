@@ -1,0 +1,49 @@
+"""Cross-device negatives: 2 gloo processes holding half a batch each must match 1 process holding all of it."""
+
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests import dist_worker
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory):
+    """Run the 2-process gloo group once; gradients per (task, cross_device)."""
+    out = str(tmp_path_factory.mktemp("parity") / "grads.pt")
+    mp.spawn(dist_worker.run_rank, args=(2, free_port(), out), nprocs=2, join=True)
+    return torch.load(out)
+
+
+def single_process_grads(task):
+    module = dist_worker.build()
+    return dist_worker.gradients(module, dist_worker.collate(module, dist_worker.records(task)))
+
+
+def max_relative_error(a: dict, b: dict) -> float:
+    """Per tensor, relative to its norm; tensors whose true gradient is ~0 (attention key biases, which softmax
+    cancels) are measured against 1e-3 of the whole gradient's norm instead of their own rounding noise."""
+    assert a.keys() == b.keys()
+    floor = 1e-3 * float(torch.cat([g.flatten() for g in b.values()]).norm())
+    return max(float((a[k] - b[k]).norm()) / max(float(b[k].norm()), floor) for k in a)
+
+
+@pytest.mark.parametrize("task", ["ir", "sts"])
+def test_two_ranks_with_gathering_match_one_process_with_the_whole_batch(distributed, task):
+    reference = single_process_grads(task)
+    assert max_relative_error(distributed[task, True], reference) < 1e-5
+
+
+@pytest.mark.parametrize("task", ["ir", "sts"])
+def test_without_gathering_the_gradients_differ(distributed, task):
+    """If cross-device gathering were silently off while the config says on, the parity test above would fail."""
+    reference = single_process_grads(task)
+    assert max_relative_error(distributed[task, False], reference) > 1e-3
