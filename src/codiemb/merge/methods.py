@@ -45,11 +45,16 @@ def delta_coefficients(deltas: torch.Tensor, p: float = 1.0, granularity: str = 
     chunk of the tensor.
     """
     magnitude = _magnitudes(deltas, granularity, norms)
-    top = magnitude.amax(dim=0, keepdim=True)
-    # Divide by the largest magnitude before the power so a large p cannot overflow; a_k is unchanged by it.
-    scaled = (magnitude / top.clamp_min(torch.finfo(magnitude.dtype).tiny)).pow(p)
-    weights = scaled / scaled.sum(dim=0, keepdim=True)
-    return torch.where(top > 0, weights, torch.zeros_like(weights)) * lam
+    tiny = torch.finfo(magnitude.dtype).tiny
+    if p != 1:
+        top = magnitude.amax(dim=0, keepdim=True)
+        # Divide by the largest magnitude before the power so a large p cannot overflow; a_k is unchanged.
+        magnitude = (magnitude / top.clamp_min(tiny)).pow_(p)
+        if p == 0:  # 0^0 = 1 would give weight to all-zero elements; they must keep w0
+            magnitude *= top > 0
+    # Where every magnitude is 0 the numerators are 0 too, so clamping the sum gives a_k = 0: w0 is kept.
+    weights = magnitude / magnitude.sum(dim=0, keepdim=True).clamp_min_(tiny)
+    return weights if lam == 1 else weights.mul_(lam)
 
 
 def uniform_coefficients(deltas: torch.Tensor, members: Sequence[bool] | None = None) -> torch.Tensor:
