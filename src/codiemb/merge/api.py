@@ -106,7 +106,7 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
 def evaluate_models(base, checkpoints, output, evaluate_fn: EvaluateFn, method: str) -> dict:
     """Score base, checkpoints and merged result; log one table."""
     models = [("base", base)] + [(f"ckpt {i + 1}: {Path(c).name}", c) for i, c in enumerate(checkpoints)]
-    rows = [{"model": label, **evaluate_fn(str(path))} for label, path in models + [(f"merged ({method})",
+    rows = [{"model": label, **flat_metrics(evaluate_fn(str(path)))} for label, path in models + [(f"merged ({method})",
                                                                                        output)]]
     table = format_table(rows)
     log.info("merge evaluation:\n%s", table)
@@ -156,11 +156,23 @@ def _cached(evaluate_fn: EvaluateFn, inputs: Sequence) -> EvaluateFn:
     def evaluate(model_dir: str) -> Mapping[str, float]:
         key = str(Path(model_dir).resolve())
         if key not in keep:
-            return dict(evaluate_fn(model_dir))
+            return flat_metrics(evaluate_fn(model_dir))
         if key not in seen:
-            seen[key] = dict(evaluate_fn(model_dir))
+            seen[key] = flat_metrics(evaluate_fn(model_dir))
         return seen[key]
     return evaluate
+
+
+def flat_metrics(result: Mapping) -> dict[str, float]:
+    """Metrics as one flat dict. ``codiemb.eval``'s ``{"summary": {...}, "sets": {name: {...}}}`` becomes
+    ``val/<summary key>`` plus ``val/<set name>`` (that set's ``main_score``); flat dicts pass through."""
+    if "summary" not in result:
+        return {k: float(v) for k, v in result.items()}
+    flat = {f"val/{k}": float(v) for k, v in result["summary"].items()}
+    for name, scores in (result.get("sets") or {}).items():
+        if "main_score" in scores:
+            flat[f"val/{name}"] = float(scores["main_score"])
+    return flat
 
 
 def _to_dict(cfg) -> dict:
