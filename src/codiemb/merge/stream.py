@@ -1,7 +1,8 @@
 """Read exported model directories tensor by tensor, check they can be merged, merge in row chunks.
 
-Memory: tensors are read with ``safetensors.safe_open`` slices, ``chunk_elements`` at a time per checkpoint, so
-the working set is ``K x chunk`` plus the merged model being assembled, whatever K is.
+Memory: tensors are read in row chunks of about ``chunk_elements / K`` elements per checkpoint (with
+``os.pread``, see :mod:`codiemb.merge.safetensors_io`), so the working set is a few ``chunk_elements`` buffers
+plus the merged model being assembled, whatever K is.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from codiemb.errors import MergeError
 from codiemb.merge.methods import ChunkContext, MergeRule, ties_thresholds
+from codiemb.merge.safetensors_io import SafetensorsFile
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
-CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS = 1 << 21  # elements of one chunk summed over the K checkpoints (8 MiB per float32 buffer)
 # config.json keys that fix the shape of the network; any difference means another architecture.
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                      "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
@@ -47,7 +48,7 @@ class ModelDir:
     def open(cls, path: str | Path) -> "ModelDir":
         path = Path(path)
         if (path / WEIGHTS_NAME).is_file():
-            with safe_open(path / WEIGHTS_NAME, framework="pt") as handle:
+            with SafetensorsFile(path / WEIGHTS_NAME) as handle:
                 return cls(path, {name: path / WEIGHTS_NAME for name in handle.keys()})
         if (path / INDEX_NAME).is_file():
             weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
@@ -95,33 +96,30 @@ def tokenizer_fingerprint(path: Path) -> str | None:
 
 
 class TensorReader(contextlib.ExitStack):
-    """Open safetensors handles for the base (index 0) and every checkpoint (1..K)."""
+    """Open weight files of the base (index 0) and every checkpoint (1..K); closes them on exit."""
 
     def __init__(self, dirs: list[ModelDir]):
         super().__init__()
         self.dirs = dirs
-        self._handles: dict[Path, object] = {}
+        self._handles: dict[Path, SafetensorsFile] = {}
 
-    def _handle(self, i: int, name: str):
+    def _handle(self, i: int, name: str) -> SafetensorsFile:
         file = self.dirs[i].tensor_files[name]
         if file not in self._handles:
-            self._handles[file] = self.enter_context(safe_open(file, framework="pt"))
+            self._handles[file] = self.enter_context(SafetensorsFile(file))
         return self._handles[file]
 
     def shape(self, i: int, name: str) -> list[int]:
-        return list(self._handle(i, name).get_slice(name).get_shape())
+        return self._handle(i, name).shape(name)
 
-    def is_float(self, i: int, name: str) -> bool:
-        return self._handle(i, name).get_slice(name).get_dtype() in ("F64", "F32", "F16", "BF16", "F8_E4M3",
-                                                                    "F8_E5M2")
+    def dtype(self, i: int, name: str) -> torch.dtype:
+        return self._handle(i, name).dtype(name)
 
     def read(self, i: int, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
-        if start is None:
-            return self._handle(i, name).get_tensor(name)
-        return self._handle(i, name).get_slice(name)[start:stop]
+        return self._handle(i, name).read(name, start, stop)
 
     def metadata(self, i: int, name: str) -> dict:
-        return self._handle(i, name).metadata() or {}
+        return self._handle(i, name).metadata
 
 
 def plan_tensors(reader: TensorReader) -> tuple[list[str], list[str], list[str]]:
@@ -141,7 +139,7 @@ def plan_tensors(reader: TensorReader) -> tuple[list[str], list[str], list[str]]
         shapes = {str(reader.dirs[i].path): reader.shape(i, name) for i in range(len(reader.dirs))}
         if len({tuple(s) for s in shapes.values()}) > 1:
             raise MergeError(f"tensor '{name}' has different shapes: {shapes}")
-        floats = {reader.is_float(i, name) for i in range(len(reader.dirs))}
+        floats = {reader.dtype(i, name).is_floating_point for i in range(len(reader.dirs))}
         if len(floats) > 1:
             raise MergeError(f"tensor '{name}' is floating point in some inputs and not in others")
         (merged if floats == {True} else copied).append(name)
@@ -180,6 +178,7 @@ def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
     k = len(reader.dirs) - 1
     shape = reader.shape(0, name)
     ctx = ChunkContext(name=name)
+    chunk_elements = max(1, chunk_elements // k)  # per checkpoint, so the K-stacked buffers keep one size
     if rule.needs_norms:
         squares = torch.zeros(k, dtype=torch.float64)
         for start, stop in row_chunks(shape, chunk_elements):
@@ -190,7 +189,7 @@ def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
         ctx.thresholds = torch.stack([ties_thresholds((reader.read(i, name).float() - base)[None],
                                                       rule.options["density"])[0] for i in range(1, k + 1)])
         del base
-    out_dtype = reader.read(k, name, *((0, 1) if shape else (None, None))).dtype
+    out_dtype = reader.dtype(k, name)
     merged = torch.empty(shape, dtype=out_dtype)
     stats = TensorStats(math.prod(shape), torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64))
     for start, stop in row_chunks(shape, chunk_elements):
