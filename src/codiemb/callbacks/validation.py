@@ -40,7 +40,7 @@ class ValidationCallback(L.Callback):
         metrics = {f"val/{k}": v for k, v in summarize(results, self.sets).items()}
         for name, scores in results.items():
             metrics.update({f"val/{name}/{k}": v for k, v in scores.items()
-                            if k not in ("queries", "docs", "pairs")})
+                            if k not in ("queries", "docs", "pairs", "main_score")})
         return metrics
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
