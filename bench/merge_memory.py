@@ -5,8 +5,8 @@
 
 Checkpoints are the bundled all-MiniLM-L6-v2 with seeded Gaussian noise (std 1e-3) on every float tensor; the
 base is the bundled directory itself. Each merge runs in a fresh subprocess; "peak" is its VmHWM (from
-/proc/self/status; not ru_maxrss, which Linux carries over from the forking parent across exec) and "above import"
-subtracts the RSS measured after importing torch + codiemb.merge (before any tensor is read).
+/proc/self/status; not ru_maxrss, which Linux carries over from the forking parent across exec) and
+"above import" subtracts the RSS measured after importing torch + codiemb.merge (before any tensor is read).
 ``--naive`` also times the obvious alternative: load_file() every state dict, then merge in memory.
 """
 
@@ -33,7 +33,8 @@ after_import = psutil.Process().memory_info().rss
 start = time.perf_counter()
 if naive:
     w0, ws = load_file(base + "/model.safetensors"), [load_file(c + "/model.safetensors") for c in ckpts]
-    merged = {n: delta_merge(w0[n], [w[n] for w in ws]) if t.is_floating_point() else t for n, t in ws[-1].items()}
+    merged = {n: delta_merge(w0[n], [w[n] for w in ws]) if t.is_floating_point() else t
+              for n, t in ws[-1].items()}
     save_file(merged, out + ".naive.safetensors")
 else:
     merge_models(base, ckpts, out, method=method)

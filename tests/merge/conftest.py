@@ -1,4 +1,4 @@
-"""Tiny exported model directories to merge: one random tiny encoder, and checkpoints made by perturbing it."""
+"""Tiny exported model directories to merge: a random tiny encoder, and checkpoints made by perturbing it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, interme
 
 
 def perturbed_copy(source: Path, target: Path, seed: int, scale: float = 0.01, **overrides) -> Path:
-    """Copy an exported model dir, adding seeded Gaussian noise to every float tensor (or setting overrides)."""
+    """Copy an exported model dir, adding seeded Gaussian noise to each float tensor (or using overrides)."""
     shutil.copytree(source, target)
     tensors = load_file(str(source / "model.safetensors"))
     generator = torch.Generator().manual_seed(seed)

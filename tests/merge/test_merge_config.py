@@ -42,7 +42,8 @@ def test_merge_from_config_uses_overrides_and_options(compose_cfg, tiny_dirs, tm
     cfg = compose_cfg(["merge=task_arithmetic", "merge.lam=0.25"], config_name="merge")
     report = merge_from_config(cfg.merge, base=base, checkpoints=ckpts, output=tmp_path / "m")
     assert report["options"] == {"lam": 0.25}
-    w0, ws = load_file(str(base / "model.safetensors")), [load_file(str(c / "model.safetensors")) for c in ckpts]
+    w0 = load_file(str(base / "model.safetensors"))
+    ws = [load_file(str(c / "model.safetensors")) for c in ckpts]
     name = "encoder.layer.0.attention.output.dense.weight"
     expected = w0[name] + 0.25 * sum(w[name] - w0[name] for w in ws)
     torch.testing.assert_close(load_file(str(tmp_path / "m" / "model.safetensors"))[name], expected,
@@ -78,7 +79,8 @@ def test_greedy_soup_through_config_with_eval_shaped_results(compose_cfg, tiny_d
         return {"summary": {"mean": -distance}, "sets": {"toy": {"main_score": -distance}}}
 
     cfg = compose_cfg(["merge=greedy_soup", "merge.evaluate=true"], config_name="merge").merge
-    report = merge_from_config(cfg, base=base, checkpoints=ckpts, output=tmp_path / "soup", evaluate_fn=evaluate)
+    report = merge_from_config(cfg, base=base, checkpoints=ckpts, output=tmp_path / "soup",
+                               evaluate_fn=evaluate)
     # ckpt 2 (index 1) is the target itself: score 0 beats every average with another checkpoint
     assert report["greedy_soup"]["members"] == [1]
     rows = report["evaluation"]["rows"]
@@ -91,8 +93,8 @@ def test_merge_script_end_to_end(tiny_dirs, tmp_path):
     out = tmp_path / "merged"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "merge.py"), f"merge.base={base}",
-               f"merge.checkpoints=[{','.join(map(str, ckpts))}]", "merge.method=delta", f"merge.output={out}",
-               f"hydra.run.dir={tmp_path / 'run'}"]
+               f"merge.checkpoints=[{','.join(map(str, ckpts))}]", "merge.method=delta",
+               f"merge.output={out}", f"hydra.run.dir={tmp_path / 'run'}"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "merged 3 checkpoints (delta)" in result.stdout

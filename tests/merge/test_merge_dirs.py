@@ -29,7 +29,8 @@ def reference_delta(base, ckpts, granularity="element"):
         else:
             n = d.abs()
         total = n.sum(0)
-        a = torch.where(total > 0, n / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(n))
+        safe_total = torch.where(total > 0, total, torch.ones_like(total))
+        a = torch.where(total > 0, n / safe_total, torch.zeros_like(n))
         out[name] = t0 + (a * d).sum(0)
     return out
 
@@ -84,7 +85,8 @@ def test_task_arithmetic_and_uniform_match_formulas(tiny_dirs, tmp_path):
     name = "encoder.layer.1.output.dense.weight"
     ta = w0[name] + 0.7 * sum(w[name] - w0[name] for w in ws)
     torch.testing.assert_close(weights(tmp_path / "ta")[name], ta, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(weights(tmp_path / "u")[name], sum(w[name] for w in ws) / 3, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(weights(tmp_path / "u")[name], sum(w[name] for w in ws) / 3,
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_non_float_tensors_copied_from_last_checkpoint(tiny_dirs, tmp_path):
@@ -205,7 +207,8 @@ def test_evaluate_fn_scores_inputs_and_result(tiny_dirs, tmp_path):
 
     report = merge_models(base, ckpts, tmp_path / "m", method="uniform", evaluate_fn=evaluate)
     rows = report["evaluation"]["rows"]
-    assert [r["model"].split(":")[0] for r in rows] == ["base", "ckpt 1", "ckpt 2", "ckpt 3", "merged (uniform)"]
+    labels = [r["model"].split(":")[0] for r in rows]
+    assert labels == ["base", "ckpt 1", "ckpt 2", "ckpt 3", "merged (uniform)"]
     # uniform soup: its mean is the mean of the checkpoints' means
     assert rows[-1]["val/mean"] == pytest.approx(sum(r["val/mean"] for r in rows[1:4]) / 3, abs=1e-6)
     assert "merged (uniform)" in report["evaluation"]["table"]

@@ -1,4 +1,4 @@
-"""The pread reader returns exactly what safetensors' own loader returns, rows included, and names bad files."""
+"""The pread reader returns exactly what safetensors' own loader returns, row ranges too; bad files raise."""
 
 import pytest
 import torch
@@ -11,7 +11,8 @@ from codiemb.merge.safetensors_io import SafetensorsFile
 def test_reads_match_safetensors_load_file(tmp_path):
     torch.manual_seed(0)
     tensors = {"w": torch.randn(7, 3, 2), "half": torch.randn(5, 4).to(torch.bfloat16),
-               "ids": torch.arange(6, dtype=torch.int64), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3)}
+               "ids": torch.arange(6, dtype=torch.int64), "scalar": torch.tensor(2.5),
+               "empty": torch.zeros(0, 3)}
     path = tmp_path / "m.safetensors"
     save_file(tensors, str(path), metadata={"format": "pt", "note": "x"})
     reference = load_file(str(path))

@@ -1,4 +1,4 @@
-"""The merge stage's entry points: ``merge_models`` (Python) and ``merge_from_config`` (train.py / merge.py)."""
+"""The merge stage's entry points: ``merge_models`` (Python), ``merge_from_config`` (train.py, merge.py)."""
 
 from __future__ import annotations
 
@@ -27,15 +27,17 @@ EvaluateFn = Callable[[str], Mapping[str, float]]
 CONFIG_KEYS = ("method", "base", "checkpoints", "output", "evaluate", "score_key")
 
 
-def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: str | Path, method: str = "delta",
-                 score_fn: ScoreFn | None = None, *, evaluate_fn: EvaluateFn | None = None,
-                 chunk_elements: int = CHUNK_ELEMENTS, **options) -> dict:
+def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: str | Path,
+                 method: str = "delta", score_fn: ScoreFn | None = None, *,
+                 evaluate_fn: EvaluateFn | None = None, chunk_elements: int = CHUNK_ELEMENTS,
+                 **options) -> dict:
     """Merge exported model directories ``checkpoints`` against ``base`` into ``output``; return the report.
 
     ``method``: delta | uniform | greedy_soup | task_arithmetic | ties | dare, ``options`` as in
-    :data:`codiemb.merge.methods.DEFAULT_OPTIONS` (``lambda`` is accepted for ``lam``). ``score_fn(model_dir)``
-    (higher is better) is required by greedy_soup. ``evaluate_fn(model_dir) -> {metric: value}``, when given,
-    scores the base, every checkpoint and the result; the table is logged and stored in the report.
+    :data:`codiemb.merge.methods.DEFAULT_OPTIONS` (``lambda`` is accepted for ``lam``).
+    ``score_fn(model_dir)`` (higher is better) is required by greedy_soup.
+    ``evaluate_fn(model_dir) -> {metric: value}``, when given, scores the base, every checkpoint and the
+    result; the table is logged and stored in the report.
     ``output`` appears complete or not at all; it holds the last checkpoint's non-weight files, the merged
     ``model.safetensors``, ``merge_report.json`` and ``merge_report.png``.
     """
@@ -50,7 +52,7 @@ def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: st
         merged_names, copied, ignored = plan_tensors(reader)
         if method == "greedy_soup":
             if score_fn is None:
-                raise ConfigError("greedy_soup needs a score_fn (set merge.evaluate/evaluator, or pass score_fn)")
+                raise ConfigError("greedy_soup needs a score_fn (an evaluator in the config, or score_fn=)")
             greedy = _select_greedy(reader, merged_names, copied, score_fn, output, chunk_elements)
             rule = make_rule("greedy_soup", members=[i in greedy["members"] for i in range(len(checkpoints))])
         tensors, stats = _merge_all(reader, merged_names, copied, rule, chunk_elements)
@@ -93,7 +95,7 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
     needs_scores = cfg.get("evaluate") or method == "greedy_soup"
     if needs_scores and evaluate_fn is None:
         raise ConfigError(f"{'greedy_soup' if method == 'greedy_soup' else 'merge.evaluate=true'} needs an "
-                          "evaluator: set `evaluator` (a `_target_` returning fn(model_dir) -> {metric: value})")
+                          "evaluator: set `evaluator` (a `_target_` giving fn(model_dir) -> {metric: value})")
     inputs = [base, *checkpoints]
     cached = _cached(evaluate_fn, inputs) if evaluate_fn is not None else None
     score_key = cfg.get("score_key", "val/mean")
@@ -106,8 +108,8 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
 def evaluate_models(base, checkpoints, output, evaluate_fn: EvaluateFn, method: str) -> dict:
     """Score base, checkpoints and merged result; log one table."""
     models = [("base", base)] + [(f"ckpt {i + 1}: {Path(c).name}", c) for i, c in enumerate(checkpoints)]
-    rows = [{"model": label, **flat_metrics(evaluate_fn(str(path)))} for label, path in models + [(f"merged ({method})",
-                                                                                       output)]]
+    models.append((f"merged ({method})", output))
+    rows = [{"model": label, **flat_metrics(evaluate_fn(str(path)))} for label, path in models]
     table = format_table(rows)
     log.info("merge evaluation:\n%s", table)
     return {"rows": rows, "table": table}
@@ -126,7 +128,8 @@ def _merge_all(reader: TensorReader, merged_names: list[str], copied: list[str],
     return tensors, stats
 
 
-def _select_greedy(reader, merged_names, copied, score_fn: ScoreFn, output: Path, chunk_elements: int) -> dict:
+def _select_greedy(reader, merged_names, copied, score_fn: ScoreFn, output: Path,
+                   chunk_elements: int) -> dict:
     """Score each checkpoint, then soups written to scratch directories beside ``output``."""
     individual = [float(score_fn(str(d.path))) for d in reader.dirs[1:]]
 

@@ -1,8 +1,8 @@
 """Greedy soup (Wortsman et al., "Model soups", ICML 2022, Recipe 1).
 
-Sort the checkpoints by their own validation score, best first. Start the soup with the best one; try each of the
-others in that order and keep it only if the uniform average of ``soup + [candidate]`` scores at least as well
-as the soup did (``>=``, as in the paper). The soup is then the uniform average of its members.
+Sort the checkpoints by their own validation score, best first. Start the soup with the best one; try each
+of the others in that order and keep it only if the uniform average of ``soup + [candidate]`` scores at least
+as well as the soup did (``>=``, as in the paper). The soup is then the uniform average of its members.
 """
 
 from __future__ import annotations

@@ -4,22 +4,24 @@ Every rule here is linear in the checkpoint deltas ``d_k = w_k - w0`` with per-e
 
     merged = w0 + sum_k c_k * d_k
 
-so each method is written as a *coefficient function* ``deltas [K, *shape] -> c`` (``c`` broadcasts against
-``deltas``). The streaming merger (:mod:`codiemb.merge.stream`) calls these on row chunks of a tensor; the report
-reads the same coefficients. The plain functions at the bottom (``delta_merge``, ``uniform``, ...) merge whole
-small tensors and are what the hand-worked tests exercise.
+so each method is a *coefficient function* ``deltas [K, *shape] -> c`` (``c`` broadcasts against ``deltas``).
+The streaming merger (:mod:`codiemb.merge.stream`) calls these on row chunks of a tensor; the report reads the
+same coefficients. The plain functions at the bottom (``delta_merge``, ``uniform``, ...) merge whole small
+tensors and are what the hand-worked tests exercise.
 
 Methods
 -------
 * ``delta`` (CoDiEmb, arXiv 2508.11442): ``a_k = n_k^p / sum_j n_j^p`` with ``n_k = |d_k|`` per element,
-  the L2 norm of the row of ``d_k`` (``granularity="row"``: dim 0 indexes rows, 1-D tensors have one element per
-  row) or of the whole tensor (``"tensor"``); ``c_k = lam * a_k``; where every ``n_k`` is 0 the element keeps w0.
+  the L2 norm of the row of ``d_k`` (``granularity="row"``: dim 0 indexes rows, a 1-D tensor has one element
+  per row) or of the whole tensor (``"tensor"``); ``c_k = lam * a_k``; where every ``n_k`` is 0 the element
+  keeps w0.
 * ``uniform`` (Model Soup, Wortsman et al. 2022): ``c_k = 1/K`` (over the chosen members, for greedy soup).
 * ``task_arithmetic`` (Ilharco et al. 2023): ``c_k = lam``.
-* ``ties`` (Yadav et al. 2023): keep the top-``density`` magnitudes of each ``d_k`` (per tensor), elect the sign
-  ``s = sign(sum_k trimmed_k)``, average the kept deltas whose sign agrees with ``s`` (disjoint mean), times lam.
+* ``ties`` (Yadav et al. 2023): keep the top-``density`` magnitudes of each ``d_k`` (per tensor), elect the
+  sign ``s = sign(sum_k trimmed_k)``, average the kept deltas whose sign agrees with ``s`` (disjoint mean),
+  times lam.
 * ``dare`` (Yu et al. 2024): drop each delta element with probability ``p``, rescale survivors by ``1/(1-p)``,
-  then combine linearly (``w0 + lam * sum_k d~_k``) or with TIES sign election + disjoint mean (no extra trim).
+  then combine linearly (``w0 + lam * sum_k d~_k``) or with TIES sign election + disjoint mean (no trim).
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ from codiemb.errors import ConfigError
 GRANULARITIES = ("element", "row", "tensor")
 
 
-# --------------------------------------------------------------------------------------- coefficient functions
+# ---------------------------------------------------------------------------------- coefficient functions
 def delta_coefficients(deltas: torch.Tensor, p: float = 1.0, granularity: str = "element", lam: float = 1.0,
                        norms: torch.Tensor | None = None) -> torch.Tensor:
     """``lam * a_k`` with ``a_k = n_k^p / sum_j n_j^p``; 0 where all ``n_k`` are 0 (the element keeps w0).
 
-    ``norms`` ([K], optional) are whole-tensor delta norms for ``granularity="tensor"`` when ``deltas`` is only a
-    chunk of the tensor.
+    ``norms`` ([K], optional) are whole-tensor delta norms for ``granularity="tensor"`` when ``deltas`` is
+    only a chunk of the tensor.
     """
     magnitude = _magnitudes(deltas, granularity, norms)
     tiny = torch.finfo(magnitude.dtype).tiny
@@ -74,7 +76,7 @@ def ties_coefficients(deltas: torch.Tensor, density: float = 0.2, lam: float = 1
     """TIES: trim to the top-``density`` magnitudes, elect signs, disjoint mean (Yadav et al., NeurIPS 2023).
 
     ``thresholds`` ([K]) are the per-checkpoint magnitude cut-offs over the whole tensor (see
-    :func:`ties_thresholds`); computed from ``deltas`` when not given. Elements tied with the cut-off are kept.
+    :func:`ties_thresholds`); computed from ``deltas`` when not given. Elements equal to the cut-off are kept.
     """
     if thresholds is None:
         thresholds = ties_thresholds(deltas, density)
@@ -84,7 +86,7 @@ def ties_coefficients(deltas: torch.Tensor, density: float = 0.2, lam: float = 1
 
 
 def ties_thresholds(deltas: torch.Tensor, density: float) -> torch.Tensor:
-    """Per checkpoint, the ``ceil(density * n)``-th largest ``|d_k|`` of the tensor (``n`` its element count)."""
+    """Per checkpoint, the ``ceil(density * n)``-th largest ``|d_k|`` of the tensor (``n`` elements)."""
     flat = deltas.reshape(deltas.shape[0], -1).abs()
     n = flat.shape[1]
     keep = min(n, max(1, math.ceil(density * n)))
@@ -236,12 +238,12 @@ def _per_checkpoint(values: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
 
 
 def _disjoint_mean(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Coefficients (0 or 1/count) of the TIES disjoint mean over kept entries agreeing with the elected sign."""
+    """Coefficients (0 or 1/count) of the TIES disjoint mean: kept entries agreeing with the elected sign."""
     elected = torch.sign((values * keep).sum(dim=0, keepdim=True))
     agree = keep * (torch.sign(values) == elected) * (elected != 0)
     return agree / agree.sum(dim=0, keepdim=True).clamp_min(1)
 
 
 def _chunk_seed(seed: int, name: str, start: int) -> int:
-    """A reproducible seed per (tensor, chunk) so DARE's masks do not depend on the order tensors stream in."""
+    """A reproducible seed per (tensor, chunk): DARE's masks do not depend on the order tensors stream in."""
     return zlib.crc32(f"{seed}:{name}:{start}".encode())

@@ -1,5 +1,5 @@
-"""merge_report.json and merge_report.png: per tensor, each checkpoint's mean merging weight and the share of
-elements it dominates (has the largest contribution ``|c_k d_k|``), plus the evaluation table when there is one."""
+"""merge_report.json and merge_report.png: per tensor, each checkpoint's mean merging weight and the share
+of elements it dominates (has the largest contribution ``|c_k d_k|``), plus the evaluation table if any."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ MAX_HEADER_BYTES = 100 * 2**20  # the reference implementation's own limit
 
 
 class SafetensorsFile:
-    """An open safetensors file: ``keys()``, ``shape``, ``dtype``, ``read(name, start, stop)``, ``metadata``."""
+    """An open safetensors file: ``keys()``, ``shape``, ``dtype``, ``read(name, start, stop)``, metadata."""
 
     def __init__(self, path: str | Path):
         if sys.byteorder != "little":  # pragma: no cover - the format is little-endian
@@ -44,7 +44,9 @@ class SafetensorsFile:
             header = json.loads(self._pread(size, 8))
         except (struct.error, ValueError, MergeError) as exc:
             os.close(self._fd)
-            raise exc if isinstance(exc, MergeError) else MergeError(f"{self.path}: unreadable header ({exc})")
+            if isinstance(exc, MergeError):
+                raise
+            raise MergeError(f"{self.path}: unreadable safetensors header ({exc})") from exc
         self.metadata: dict = header.pop("__metadata__", None) or {}
         self._entries: dict = header
         self._data_start = 8 + size
@@ -58,7 +60,7 @@ class SafetensorsFile:
     def dtype(self, name: str) -> torch.dtype:
         code = self._entries[name]["dtype"]
         if code not in DTYPES:
-            raise MergeError(f"{self.path}: tensor '{name}' has dtype {code}, which this reader does not know")
+            raise MergeError(f"{self.path}: tensor '{name}' has dtype {code}, unknown to this reader")
         return DTYPES[code]
 
     def read(self, name: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:

@@ -79,7 +79,7 @@ def check_compatible(dirs: list[ModelDir]) -> None:
 
 
 def tokenizer_fingerprint(path: Path) -> str | None:
-    """sha256 of the vocabulary: tokenizer.json's model (vocab, merges) and added tokens, else the vocab files.
+    """sha256 of the vocabulary: tokenizer.json's model (vocab, merges) + added tokens, else the vocab files.
 
     Formatting and padding/truncation settings are left out, so re-saving a tokenizer keeps its fingerprint.
     """
@@ -129,8 +129,8 @@ def plan_tensors(reader: TensorReader) -> tuple[list[str], list[str], list[str]]
     for d in ckpts[:-1]:
         missing, extra = set(names) - set(d.tensor_files), set(d.tensor_files) - set(names)
         if missing or extra:
-            raise MergeError(f"{d.path} has other tensors than {ckpts[-1].path}: missing {sorted(missing)[:5]}, "
-                             f"extra {sorted(extra)[:5]} (different architectures?)")
+            raise MergeError(f"{d.path} has other tensors than {ckpts[-1].path}: missing "
+                             f"{sorted(missing)[:5]}, extra {sorted(extra)[:5]} (different architectures?)")
     absent = [n for n in names if n not in base.tensor_files]
     if absent:
         raise MergeError(f"base {base.path} lacks tensors {absent[:5]} that the checkpoints have")
@@ -191,7 +191,8 @@ def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
         del base
     out_dtype = reader.dtype(k, name)
     merged = torch.empty(shape, dtype=out_dtype)
-    stats = TensorStats(math.prod(shape), torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64))
+    stats = TensorStats(math.prod(shape), torch.zeros(k, dtype=torch.float64),
+                        torch.zeros(k, dtype=torch.float64))
     for start, stop in row_chunks(shape, chunk_elements):
         ctx.start = start or 0
         base = reader.read(0, name, start, stop)
@@ -222,8 +223,9 @@ def _deltas(reader: TensorReader, name: str, start, stop, base: torch.Tensor | N
     return stacked.sub_(base.to(dtype))
 
 
-def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.Tensor], metadata: dict) -> None:
-    """Non-weight files of ``template`` plus ``tensors`` as model.safetensors, into ``target`` (a fresh dir)."""
+def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.Tensor],
+                    metadata: dict) -> None:
+    """Non-weight files of ``template`` plus ``tensors`` as model.safetensors, into ``target`` (fresh dir)."""
     skip = template.weight_files
     target.mkdir(parents=True, exist_ok=True)
     for item in template.path.iterdir():
