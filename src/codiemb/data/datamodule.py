@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from codiemb.data.collator import Collator
+from codiemb.data.holdout import apply_holdout
 from codiemb.data.readers import read_dataset
 from codiemb.data.sampler import Source, TaskBatchSampler
 from codiemb.data.schema import Record
@@ -32,7 +34,11 @@ class RecordDataset(Dataset):
 
 
 class CoDiEmbDataModule(L.LightningDataModule):
-    """``datasets`` is a list of ``{name, task, format, path, ...reader options}``; see ``configs/data/``."""
+    """``datasets`` is a list of ``{name, task, format, path, ...reader options}``; see ``configs/data/``.
+
+    Two options work for every format: ``max_rows`` (a seeded subsample) and ``holdout: {fraction: f}``
+    (drop the queries that :mod:`codiemb.data.holdout` reserves for validation).
+    """
 
     def __init__(self, datasets: Sequence[dict], task_mix: str = "balanced", ir_batch_size: int = 16,
                  sts_batch_size: int = 32, max_positives: int = 2, num_negatives: int = 3,
@@ -68,7 +74,13 @@ class CoDiEmbDataModule(L.LightningDataModule):
             spec = dict(spec)
             name, fmt, path = spec.pop("name"), spec.pop("format", "jsonl"), spec.pop("path")
             spec.setdefault("on_error", self.on_error)
+            max_rows, holdout = spec.pop("max_rows", None), spec.pop("holdout", None)
             result = read_dataset(fmt, str(path), name=name, **spec)
+            if holdout:  # e.g. {fraction: 0.1}: those queries are the validation slice (eval sets use keep: val)
+                result.records = apply_holdout(result.records, float(holdout["fraction"]), "train")
+            if max_rows and len(result.records) > max_rows:  # a seeded subsample, for quick recipes
+                keep = sorted(random.Random(self.seed).sample(range(len(result.records)), int(max_rows)))
+                result.records = [result.records[i] for i in keep]
             if not result.records:
                 raise DataError(f"dataset '{name}' is empty after loading "
                                 f"({sum(result.skipped.values())} rows skipped)", source=str(path))

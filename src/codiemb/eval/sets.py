@@ -39,6 +39,8 @@ class EvalSet:
     max_queries: int | None = None
     max_corpus: int | None = None
     seed: int = 0
+    # Keep only the queries that codiemb.data.holdout reserves for validation (training drops the same ones).
+    holdout_fraction: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -99,6 +101,11 @@ def load_set(spec: EvalSet) -> STSData | IRData:
     if spec.task == "sts":
         return _load_sts(spec)
     data = _load_ir(spec)
+    if spec.holdout_fraction:
+        from codiemb.data.holdout import is_held_out
+        kept = {q for q, text in data.queries.items() if is_held_out(text, spec.holdout_fraction)}
+        data = IRData(data.corpus, {q: data.queries[q] for q in kept},
+                      {q: rel for q, rel in data.qrels.items() if q in kept})
     return shrink_ir(data, spec.max_queries, spec.max_corpus, spec.seed)
 
 
