@@ -4,7 +4,8 @@ Semantics follow sentence-transformers' ``mine_hard_negatives``
 (``sentence_transformers/util/hard_negatives.py``, v5/v6), exact search only:
 
 1. score every corpus passage by cosine similarity, keep the top ``range_max + P`` (P = the query's number
-   of distinct positives; sentence-transformers uses the dataset's largest P) -- computed in query chunks with ``torch.topk`` so the full matrix never exists;
+   of distinct positives; sentence-transformers uses the dataset's largest P) -- computed in query chunks
+   with ``torch.topk`` so the full matrix never exists;
 2. drop the positives (by text: a duplicate of a positive is a positive);
 3. with ``s+`` = the *lowest* positive score of the query, drop candidates with
    ``s + absolute_margin > s+`` and/or ``s > s+ - |s+| * relative_margin`` (likely false negatives),
@@ -48,14 +49,16 @@ class MiningReport:
     seconds: dict = field(default_factory=dict)
 
     def summary(self) -> str:
-        return (f"{self.queries} queries, {self.negatives} negatives ({self.short} queries got fewer than asked; "
+        return (f"{self.queries} queries, {self.negatives} negatives ({self.short} queries got fewer than "
+                f"asked; "
                 f"{self.margin_dropped} candidates dropped by margin/max_score); mean cosine positive "
                 f"{self.positive_score_mean:.3f}, negative {self.negative_score_mean:.3f}")
 
 
 def check_window(range_min: int, range_max: int, num_negatives: int, sampling: str) -> None:
     if range_min < 0 or range_min >= range_max:
-        raise ConfigError(f"need 0 <= range_min < range_max, got range_min={range_min}, range_max={range_max}")
+        raise ConfigError(f"need 0 <= range_min < range_max, got range_min={range_min}, "
+                          f"range_max={range_max}")
     if not 1 <= num_negatives <= range_max - range_min:
         raise ConfigError(f"num_negatives={num_negatives} must be in [1, range_max - range_min = "
                           f"{range_max - range_min}]")
@@ -125,7 +128,8 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
     return results
 
 
-def build_corpus(records: Sequence[Record], extra_passages: Sequence[str] = ()) -> tuple[list[str], dict[str, int]]:
+def build_corpus(records: Sequence[Record],
+                 extra_passages: Sequence[str] = ()) -> tuple[list[str], dict[str, int]]:
     """Unique passages, first seen first: ``extra_passages`` (e.g. a BEIR corpus), then every record's
     positives and negatives. Returns ``(texts, text -> index)``."""
     index: dict[str, int] = {}
@@ -137,15 +141,17 @@ def build_corpus(records: Sequence[Record], extra_passages: Sequence[str] = ()) 
 def mine_records(records: Sequence[Record], encoder, *, corpus: Sequence[str] = (), batch_size: int = 64,
                  keep_existing_negatives: bool = True, show_progress: bool = True,
                  report: MiningReport | None = None, **options) -> list[Record]:
-    """Encode queries and corpus with ``encoder`` (a :class:`codiemb.models.encoder.Encoder`), mine, and return
-    the records with negatives = existing ones (if kept) followed by the mined ones, de-duplicated.
+    """Encode queries and corpus with ``encoder`` (a :class:`codiemb.models.encoder.Encoder`), mine, and
+    return the records with negatives = existing ones (if kept) followed by the mined ones, de-duplicated.
     ``options`` go to :func:`mine_from_embeddings`."""
     report = report if report is not None else MiningReport()
     texts, index = build_corpus(records, corpus)
     started = time.perf_counter()
-    corpus_embeddings = encoder.encode(texts, kind="passage", batch_size=batch_size, show_progress=show_progress)
+    corpus_embeddings = encoder.encode(texts, kind="passage", batch_size=batch_size,
+                                       show_progress=show_progress)
     query_embeddings = encoder.encode([r.query for r in records], kind="query", batch_size=batch_size,
-                                      instructions=[r.instruction for r in records], show_progress=show_progress)
+                                      instructions=[r.instruction for r in records],
+                                      show_progress=show_progress)
     report.seconds["encode"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     mined = mine_from_embeddings(query_embeddings, corpus_embeddings,
@@ -162,10 +168,12 @@ def mine_records(records: Sequence[Record], encoder, *, corpus: Sequence[str] = 
 
 
 def write_jsonl(records: Sequence[Record], path, *, with_scores: bool = False) -> None:
-    """Unified JSONL (``task``, ``query``, ``positives``, ``negatives`` [, ``instruction``]), written atomically."""
+    """Unified JSONL (``task``, ``query``, ``positives``, ``negatives`` [, ``instruction``]), written
+    atomically."""
     lines = []
     for r in records:
-        row = {"task": r.task, "query": r.query, "positives": list(r.positives), "negatives": list(r.negatives)}
+        row = {"task": r.task, "query": r.query, "positives": list(r.positives),
+               "negatives": list(r.negatives)}
         if r.instruction:
             row["instruction"] = r.instruction
         if with_scores and "mined_scores" in r.meta:
@@ -185,12 +193,14 @@ def load_corpus(path: str) -> list[str]:
         return [document_text(json.loads(line)) for line in fh if line.strip()]
 
 
-def mine_dataset(*, model_path: str, input_format: str, input_path: str, output: str, split: str | None = None,
+def mine_dataset(*, model_path: str, input_format: str, input_path: str, output: str,
+                 split: str | None = None,
                  corpus_path: str | None = None, name: str = "mined", reader_options: dict | None = None,
                  encoder_options: dict | None = None, limit: int | None = None, with_scores: bool = False,
                  **options) -> MiningReport:
     """Read ``input_path`` with the ``input_format`` reader, mine against its own passages plus the BEIR
-    corpus of ``corpus_path`` (default: ``input_path`` itself when the format is ``beir``), write ``output``."""
+    corpus of ``corpus_path`` (default: ``input_path`` itself when the format is ``beir``), and write
+    ``output``."""
     from codiemb.data.readers import read_dataset
     from codiemb.models.encoder import Encoder
 

@@ -104,14 +104,14 @@ def read_qpn_jsonl(path: str, *, name: str, task: str | None = None, split: str 
             for i, qid in enumerate(neg_qids):
                 candidates = lines_of_qid.get(str(qid))
                 if not candidates:
-                    raise DataError(f"refers to qid {qid!r}, which no row has", source=str(path), line=line_no,
-                                    field=f"neg_qids[{i}]")
+                    raise DataError(f"refers to qid {qid!r}, which no row has", source=str(path),
+                                    line=line_no, field=f"neg_qids[{i}]")
                 negatives.extend(_positives(row_at_line[candidates[_nearest(candidates, line_no)]]))
             own = set(_positives(row))
             negatives = [n for n in dict.fromkeys(negatives) if n not in own][:max_negatives]
             raw = {k: v for k, v in row.items() if k not in ("neg", "negatives")}
-            record = parse_record({**raw, "negatives": negatives}, dataset=name, source=str(path), line=line_no,
-                                  task="ir")
+            record = parse_record({**raw, "negatives": negatives}, dataset=name, source=str(path),
+                                  line=line_no, task="ir")
         except DataError as exc:
             policy.handle(exc)
             continue

@@ -63,7 +63,8 @@ def read_semeval_sts(path: str, *, name: str, task: str | None = None, split: st
     ``split`` is unused: a SemEval release directory *is* one split.
     """
     if task not in (None, "sts"):
-        raise ConfigError(f"dataset '{name}': SemEval STS is graded similarity, so task must be 'sts', not {task!r}")
+        raise ConfigError(f"dataset '{name}': SemEval STS is graded similarity, so task must be 'sts', "
+                          f"not {task!r}")
     policy, records = RowPolicy(on_error), []
     skipped = Counter()
     for subset, input_file, gs_file in find_pairs(path, subsets):
@@ -86,8 +87,8 @@ def read_semeval_sts(path: str, *, name: str, task: str | None = None, split: st
                     raise DataError(f"score {gold_line.strip()!r} is not a number", source=str(gs_file),
                                     line=line_no, field="score") from None
                 raw = {"query": fields[0].strip(), "positives": [fields[1].strip()], "score": score}
-                records.append(parse_record(raw, dataset=name, source=f"{input_file}", line=line_no, task="sts",
-                                            score_range=tuple(score_range)))
+                records.append(parse_record(raw, dataset=name, source=str(input_file), line=line_no,
+                                            task="sts", score_range=tuple(score_range)))
             except DataError as exc:
                 policy.handle(exc)
     return ReadResult(records, policy.skipped + skipped)

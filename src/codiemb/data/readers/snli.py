@@ -47,7 +47,8 @@ def read_snli(path: str, *, name: str, task: str | None = None, split: str | lis
     ``on_error="skip"``), and premises that lack an entailment or a contradiction hypothesis.
     """
     if task not in (None, "ir"):
-        raise ConfigError(f"dataset '{name}': SNLI triplets are contrastive pairs, so task must be 'ir', not {task!r}")
+        raise ConfigError(f"dataset '{name}': SNLI triplets are contrastive pairs, so task must be 'ir', "
+                          f"not {task!r}")
     path = Path(path)
     if not path.is_dir():
         raise DataError("directory not found", source=str(path))
@@ -74,7 +75,8 @@ def read_snli(path: str, *, name: str, task: str | None = None, split: str | lis
             if not by_label["entailment"] or not by_label["contradiction"]:
                 skipped["premise without both an entailment and a contradiction"] += 1
                 continue
-            raw = {"query": premise, "positives": by_label["entailment"], "negatives": by_label["contradiction"]}
+            raw = {"query": premise, "positives": by_label["entailment"],
+                   "negatives": by_label["contradiction"]}
             try:
                 record = parse_record(raw, dataset=name, source=str(path / f"s1.{part}"),
                                       line=first_line[premise], task="ir")

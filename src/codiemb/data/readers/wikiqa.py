@@ -5,7 +5,8 @@ Two row layouts, detected per row (one file may mix them):
 * 7 fields, the original release: ``QuestionID Question DocumentID DocumentTitle SentenceID Sentence Label``;
   text is raw (a sentence may itself start with ``"``).
 * 5 fields, a re-export: ``QuestionID Question SentenceID Sentence Label``. Its ids are per *row*, not per
-  question, and fields holding quotes were written CSV-style (wrapped in ``"``, inner ``"`` doubled), so such fields are unquoted.
+  question, and fields holding quotes were written CSV-style (wrapped in ``"``, inner ``"`` doubled), so
+  such fields are unquoted.
 
 Rows are grouped by question text. One record per question: positives = label-1 sentences, negatives =
 the question's other sentences (same Wikipedia page: hard negatives). Questions without a positive are
@@ -51,7 +52,8 @@ def _parse_row(fields: list[str], path: Path, line_no: int) -> tuple[str, str, b
     elif len(fields) == 7:
         question, sentence, label = fields[1], fields[5], fields[6]
     else:
-        raise DataError(f"expected 5 or 7 tab-separated fields, got {len(fields)}", source=str(path), line=line_no)
+        raise DataError(f"expected 5 or 7 tab-separated fields, got {len(fields)}", source=str(path),
+                        line=line_no)
     if label not in ("0", "1"):
         raise DataError(f"Label must be 0 or 1, got {label!r}", source=str(path), line=line_no, field="Label")
     return question.strip(), sentence.strip(), label == "1"
