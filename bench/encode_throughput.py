@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+from collections.abc import Mapping
 import time
 from pathlib import Path
 
@@ -22,14 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def count_padding(backbone, counts: dict) -> None:
-    """Record, from the batches the library really forms, padded vs real tokens seen by the backbone."""
-    def hook(module, args, kwargs):
-        mask = kwargs.get("attention_mask")
-        if mask is not None:
-            counts["padded"] += mask.numel()
-            counts["real"] += int(mask.sum())
-    backbone.register_forward_pre_hook(hook, with_kwargs=True)
+def count_padding(module, counts: dict) -> None:
+    """Record, from the batches the library really forms, padded vs real tokens. ``module`` takes the
+    tokenizer's feature dict (codiemb's Encoder, sentence-transformers' Transformer module)."""
+    def hook(_, args, kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Mapping) and "attention_mask" in value:  # BatchEncoding is no dict
+                counts["padded"] += value["attention_mask"].numel()
+                counts["real"] += int(value["attention_mask"].sum())
+    module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def main() -> None:
@@ -59,8 +61,8 @@ def main() -> None:
         theirs.half()
 
     padding = {"codiemb": {"padded": 0, "real": 0}, "sentence-transformers": {"padded": 0, "real": 0}}
-    count_padding(ours.backbone, padding["codiemb"])
-    count_padding(theirs[0].auto_model, padding["sentence-transformers"])
+    count_padding(ours, padding["codiemb"])
+    count_padding(theirs[0], padding["sentence-transformers"])
     runs = {
         "codiemb": lambda: ours.encode(texts, kind="passage", batch_size=args.batch_size),
         "sentence-transformers": lambda: torch.as_tensor(theirs.encode(
