@@ -8,7 +8,8 @@ import torch
 
 from codiemb.training import train
 
-FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "checkpoint_every_n_steps=2", "data.num_workers=0"]
+FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=2",
+        "data.num_workers=0"]
 
 
 def logged_keys(output_dir: Path) -> set[str]:

@@ -41,8 +41,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     module = instantiate(cfg.module)
     datamodule.attach_tokenizer(module.encoder.tokenizer, module.encoder.settings())
+    hyperparameters = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                       for k, v in cfg.items() if k != "hydra"}  # the hydra node only resolves inside an app
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(hyperparameters)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

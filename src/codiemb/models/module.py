@@ -25,6 +25,9 @@ class CoDiEmbModule(L.LightningModule):
                  eps: float = 1e-8, schedule: str = "linear"):
         super().__init__()
         self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
+        # from_pretrained leaves Hugging Face models in eval mode and Lightning keeps module modes as they
+        # are, so switch to train mode here: dropout on, as in every other fine-tuning framework.
+        self.train()
         self.save_hyperparameters(ignore=["encoder", "ir_loss", "sts_loss"])
         self.steps_by_task: dict[str, int] = {}
         self.steps_by_dataset: dict[str, int] = {}
