@@ -92,8 +92,9 @@ class Encoder(nn.Module):
         else:
             if torch_dtype:
                 kwargs["dtype"] = getattr(torch, torch_dtype) if isinstance(torch_dtype, str) else torch_dtype
-            backbone = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
-                                                   **kwargs)
+            with _quiet_progress():  # its load report would flag the pooler we drop on purpose
+                backbone = model_class.from_pretrained(path, config=config, trust_remote_code=trust_remote_code,
+                                                       **kwargs)
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return cls(backbone, tokenizer, **settings)
@@ -205,14 +206,17 @@ def write_sentence_transformers_files(directory: Path, settings: dict, dim: int)
 
 @contextlib.contextmanager
 def _quiet_progress():
-    """transformers draws a progress bar per save; a run exports many times, so keep the console clean."""
+    """transformers draws a progress bar per save/load and a load report; a run exports many times, so keep the
+    console to what matters (errors still show)."""
     from transformers.utils import logging as hf_logging
 
-    enabled = hf_logging.is_progress_bar_enabled()
+    enabled, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()
 
