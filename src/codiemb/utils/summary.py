@@ -18,7 +18,7 @@ def print_summary(result: dict[str, Any]) -> None:
     if result.get("merged"):
         lines.append(f"merged model       {result['merged']}  (load with SentenceTransformer(dir))")
     for key in sorted(result.get("metrics", {})):
-        if key.startswith(("val/", "train/loss")):
+        if key == "train/loss" or (key.startswith("val/") and key.count("/") == 1):  # per-set values: see the logger
             lines.append(f"{key:<19}{result['metrics'][key]:.4f}")
     if "wall_time_s" in result:
         lines.append(f"wall time          {result['wall_time_s']:.1f} s")
