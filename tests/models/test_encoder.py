@@ -93,3 +93,21 @@ def test_failed_save_leaves_previous_export_intact(tiny, tmp_path, monkeypatch):
         tiny.save(target)
     assert (target / "model.safetensors").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.tmp")]
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_middle_layer_embedding_equals_pooled_hidden_state_even_after_pickling(layer):
+    """The STS loss's middle-layer InfoNCE reads one layer; spawned DDP workers get a pickled model."""
+    import pickle
+
+    from tests.conftest import tiny_encoder
+
+    encoder = tiny_encoder().eval()
+    unpickled = pickle.loads(pickle.dumps(encoder))  # before transformers installs its (unpicklable) hooks
+    features = encoder.tokenize(["hello world", "a somewhat longer sentence here"])
+    ours = [e(features, hidden_layer=layer)[1] for e in (encoder, unpickled)]
+    inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    hidden = encoder.backbone(**inputs, output_hidden_states=True).hidden_states[layer]
+    expected = F.normalize(pool(hidden, features["attention_mask"], "mean"), dim=-1)
+    for embedding in ours:
+        assert torch.allclose(embedding, expected, atol=1e-6)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from codiemb.errors import ConfigError
+from codiemb.models.lora import apply_lora, lora_enabled, merged_backbone
 from codiemb.models.pooling import POOLING_MODES, pool
 from codiemb.models.resolve import resolve_model_path
 from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
@@ -33,7 +35,8 @@ class Encoder(nn.Module):
     def __init__(self, backbone: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  query_prompt: str = "", passage_prompt: str = "",
                  instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE,
-                 max_query_length: int = 64, max_passage_length: int = 256, base_model: str = ""):
+                 max_query_length: int = 64, max_passage_length: int = 256, base_model: str = "",
+                 bidirectional: bool = False):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
@@ -43,6 +46,7 @@ class Encoder(nn.Module):
         self.instruction_template = instruction_template
         self.max_query_length, self.max_passage_length = max_query_length, max_passage_length
         self.base_model = base_model
+        self.bidirectional = bidirectional  # decoders only: attend both ways (see bidirectional_attention_mask)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -53,12 +57,15 @@ class Encoder(nn.Module):
                         torch_dtype: str | None = None, attn_implementation: str | None = None,
                         trust_remote_code: bool = False, gradient_checkpointing: bool = False,
                         random_init: bool = False, config_overrides: dict | None = None,
-                        backbone_kwargs: dict | None = None) -> "Encoder":
+                        backbone_kwargs: dict | None = None, bidirectional: bool | None = None,
+                        lora: dict | None = None) -> "Encoder":
         """Load from a hub name or local directory.
 
         Settings saved in an exported directory (``codiemb.json``) are the defaults; explicit arguments win.
         ``random_init`` builds the architecture from its config (with ``config_overrides``) without weights,
         which is how tests get tiny models of every architecture without a download.
+        ``bidirectional`` lifts the causal mask of decoder backbones (:data:`BIDIRECTIONAL_MODEL_TYPES`);
+        ``lora`` (the ``model.lora`` node, see :mod:`codiemb.models.lora`) trains LoRA adapters only.
         """
         path = resolve_model_path(name_or_path)
         saved = _read_saved_settings(path)
@@ -72,6 +79,7 @@ class Encoder(nn.Module):
             "max_query_length": max_query_length or saved.get("max_query_length", 64),
             "max_passage_length": max_passage_length or saved.get("max_passage_length", 256),
             "base_model": saved.get("base_model", str(name_or_path)),
+            "bidirectional": saved.get("bidirectional", False) if bidirectional is None else bool(bidirectional),
         }
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if padding_side:
@@ -97,6 +105,10 @@ class Encoder(nn.Module):
                                                        **kwargs)
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if settings["bidirectional"]:
+            check_bidirectional_support(config)
+        if lora_enabled(lora):
+            backbone = apply_lora(backbone, {k: v for k, v in lora.items()})
         return cls(backbone, tokenizer, **settings)
 
     # ----------------------------------------------------------------- texts -> tokens
@@ -120,11 +132,31 @@ class Encoder(nn.Module):
     def forward(self, features: dict[str, torch.Tensor], hidden_layer: int | None = None):
         """Embed tokenised texts. With ``hidden_layer`` also return that layer's pooled embedding."""
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        out = self.backbone(**inputs, output_hidden_states=hidden_layer is not None, return_dict=True)
-        embedding = self._pool(out.last_hidden_state, features["attention_mask"])
+        if self.bidirectional:
+            inputs["attention_mask"] = bidirectional_attention_mask(features["attention_mask"], self.backbone.config)
         if hidden_layer is None:
-            return embedding
-        return embedding, self._pool(out.hidden_states[hidden_layer], features["attention_mask"])
+            out = self.backbone(**inputs, return_dict=True)
+            return self._pool(out.last_hidden_state, features["attention_mask"])
+        # A forward hook on that one layer instead of output_hidden_states: it keeps one extra activation rather
+        # than all of them, and works after the model was pickled to spawned DDP workers (transformers' own
+        # capture hooks are not restored by unpickling).
+        captured = {}
+        layer = self.transformer_layers()[hidden_layer - 1]  # hidden_states[i] is the output of layer i - 1
+        handle = layer.register_forward_hook(
+            lambda module, args, output: captured.__setitem__("h", output[0] if isinstance(output, tuple) else output))
+        try:
+            out = self.backbone(**inputs, return_dict=True)
+        finally:
+            handle.remove()
+        mask = features["attention_mask"]
+        return self._pool(out.last_hidden_state, mask), self._pool(captured["h"], mask)
+
+    def transformer_layers(self) -> nn.ModuleList:
+        """The backbone's stack of transformer blocks (BERT's ``encoder.layer``, Qwen's ``layers``, ...)."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == self.num_layers:
+                return module
+        raise ValueError(f"cannot find the {self.num_layers} transformer layers of {type(self.backbone).__name__}")
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         emb = pool(hidden, mask, self.pooling)
@@ -170,15 +202,25 @@ class Encoder(nn.Module):
         return {"pooling": self.pooling, "normalize": self.normalize, "query_prompt": self.query_prompt,
                 "passage_prompt": self.passage_prompt, "instruction_template": self.instruction_template,
                 "max_query_length": self.max_query_length, "max_passage_length": self.max_passage_length,
-                "base_model": self.base_model}
+                "base_model": self.base_model, "bidirectional": self.bidirectional}
 
-    def save(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-        """Export in the sentence-transformers layout; written to a temporary name, then renamed."""
+    def save(self, directory: str | Path, extra_files: dict[str, str] | None = None,
+             card: dict | None = None) -> Path:
+        """Export in the sentence-transformers layout; written to a temporary name, then renamed.
+
+        A LoRA backbone is saved merged (plain tensors). ``README.md`` is a generated model card
+        (:func:`codiemb.models.card.render_model_card`, ``card`` = its keyword arguments) unless
+        ``extra_files`` brings one.
+        """
+        from codiemb.models.card import render_model_card
+
         with atomic_directory(directory) as tmp, _quiet_progress():
-            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            merged_backbone(self.backbone).save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_sentence_transformers_files(tmp, self.settings(), self.embedding_dim)
-            for name, text in (extra_files or {}).items():
+            files = {"README.md": render_model_card(self.settings(), self.embedding_dim, **(card or {}))}
+            files.update(extra_files or {})
+            for name, text in files.items():
                 (tmp / name).write_text(text)
         return Path(directory)
 
@@ -228,6 +270,38 @@ def _dump(path: Path, obj) -> None:
 def _read_saved_settings(path: str) -> dict:
     file = Path(path) / CODIEMB_CONFIG
     return json.loads(file.read_text()) if file.is_file() else {}
+
+
+# Decoders whose transformers implementation takes a ready 4D attention mask as-is (masking_utils), so the
+# causal mask can be replaced by a padding-only one. Tested: qwen3, llama (tests/ecosystem/test_model_configs.py).
+BIDIRECTIONAL_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
+
+
+def check_bidirectional_support(config) -> None:
+    model_type = getattr(config, "model_type", "")
+    if model_type not in BIDIRECTIONAL_MODEL_TYPES:
+        why = ("it is an encoder and attends both ways already" if not getattr(config, "is_decoder", False)
+               and "bert" in model_type else "its attention mask cannot be replaced from outside")
+        raise ConfigError(f"model.bidirectional is not offered for {model_type!r}: {why}; "
+                          f"supported: {list(BIDIRECTIONAL_MODEL_TYPES)}")
+    if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        raise ConfigError("model.bidirectional needs attn_implementation sdpa or eager (flash attention is causal)")
+
+
+def bidirectional_attention_mask(attention_mask: torch.Tensor, config) -> torch.Tensor:
+    """A ``[batch, 1, seq, seq]`` mask: every real token attends to every real token (no causal triangle).
+
+    Padding *queries* attend to everything: a fully masked row gives NaN in SDPA, and NaN values at padding
+    positions would leak through ``0 * NaN``. Their outputs are never pooled. Boolean for SDPA (True = attend),
+    additive float for eager attention.
+    """
+    keys = attention_mask.bool()[:, None, None, :]
+    allowed = keys | ~attention_mask.bool()[:, None, :, None]
+    if getattr(config, "_attn_implementation", "sdpa") == "eager":
+        dtype = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else torch.float32
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
+                                                                                           torch.finfo(dtype).min)
+    return allowed
 
 
 def _model_class(config, trust_remote_code: bool):
