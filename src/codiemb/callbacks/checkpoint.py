@@ -39,8 +39,11 @@ class PeriodicExport(L.Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path:
         path = self.dirpath / name
         if trainer.is_global_zero:
-            pl_module.encoder.save(path)
+            pl_module.encoder.save(path, card=run_card_info(trainer, pl_module))
             log.info("exported model to %s", path)
+            # An event the loggers show (a W&B chart of export steps; a column in metrics.csv).
+            for logger in trainer.loggers:
+                logger.log_metrics({"events/export_step": float(trainer.global_step)}, step=trainer.global_step)
         trainer.strategy.barrier("codiemb_export")
         return path
 
@@ -66,6 +69,17 @@ class PeriodicExport(L.Callback):
     def all_exports(self) -> list[Path]:
         """Every step export on disk, in step order (includes those of an earlier, resumed run)."""
         return sorted(p for p in self.dirpath.glob("step_*") if p.is_dir())
+
+
+def run_card_info(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+    """What the model card can say about the run so far: data sets and sizes, task mix, losses, steps."""
+    datamodule = getattr(trainer, "datamodule", None)
+    report = getattr(datamodule, "load_report", None) or {}
+    return {"datasets": {name: {"task": info.get("task"), "rows": info.get("rows")} for name, info in report.items()},
+            "task_mix": getattr(datamodule, "task_mix", None),
+            "losses": {task: type(getattr(pl_module, f"{task}_loss")).__name__ for task in ("ir", "sts")
+                       if hasattr(pl_module, f"{task}_loss")},
+            "training": {"optimizer steps": trainer.global_step}}
 
 
 class StepCheckpoint(ModelCheckpoint):

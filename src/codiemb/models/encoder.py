@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from codiemb.errors import ConfigError
-from codiemb.models.lora import apply_lora, lora_enabled, merged_backbone
+from codiemb.models.lora import apply_lora, lora_enabled, lora_summary, merged_backbone
 from codiemb.models.pooling import POOLING_MODES, pool
 from codiemb.models.resolve import resolve_model_path
 from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
@@ -218,7 +218,8 @@ class Encoder(nn.Module):
             merged_backbone(self.backbone).save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             write_sentence_transformers_files(tmp, self.settings(), self.embedding_dim)
-            files = {"README.md": render_model_card(self.settings(), self.embedding_dim, **(card or {}))}
+            card = {"lora": lora_summary(self.backbone), **(card or {})}
+            files = {"README.md": render_model_card(self.settings(), self.embedding_dim, **card)}
             files.update(extra_files or {})
             for name, text in files.items():
                 (tmp / name).write_text(text)

@@ -79,6 +79,8 @@ class CoDiEmbModule(L.LightningModule):
             self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
             for task, count in self.steps_by_task.items():
                 self.log(f"sampler/steps_{task}", float(count), batch_size=1)
+            for dataset, count in self.steps_by_dataset.items():
+                self.log(f"sampler/steps/{dataset}", float(count), batch_size=1)
 
     # ------------------------------------------------------------ optimisation
     def configure_optimizers(self):
