@@ -21,15 +21,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> train.py overrides (on top of experiment=real_cpu)
+# name -> train.py overrides (on top of experiment=real_cpu); cheapest first so partial results come early
 RUNS = {
     "codiemb": ["task_mix=balanced", "loss=codiemb", "merge=delta"],
-    "codiemb_proportional": ["task_mix=proportional", "loss=codiemb", "merge=none"],
+    "sts_only": ["task_mix=sts_only", "merge=none"],
+    "ir_only": ["task_mix=ir_only", "merge=none"],
     # mixed batches of 32 rows: one pass over all data in about as many steps as the balanced run
     "naive_mixed": ["task_mix=mixed", "loss=infonce", "merge=none", "data.ir_batch_size=32"],
-    "ir_only": ["task_mix=ir_only", "merge=none"],
-    "sts_only": ["task_mix=sts_only", "merge=none"],
+    "codiemb_proportional": ["task_mix=proportional", "loss=codiemb", "merge=none"],
 }
+LABELS = {"naive_mixed": "naive co-training (mixed, one InfoNCE)", "ir_only": "IR only", "sts_only": "STS only",
+          "codiemb_proportional": "CoDiEmb proportional"}
 TEST_SETS = [
     {"name": "stsb_test", "task": "sts", "format": "stsb", "path": "../shared/data/stsbenchmark/sts-test.csv"},
     {"name": "scifact", "task": "ir", "format": "beir", "path": "../shared/data/scifact", "split": "test"},
@@ -57,60 +59,76 @@ def final_export(run_dir: Path) -> Path:
     return sorted((run_dir / "checkpoints").glob("step_*/"))[-1]
 
 
+def evaluate_model(label: str, path: str, out: Path, cache: dict, batch_size: int, bf16: bool) -> dict:
+    """Test-set scores of one model, cached in <out>/eval/ so a rerun only evaluates what is new."""
+    import torch
+
+    from codiemb.eval.runner import evaluate, summarize
+    from codiemb.eval.sets import parse_sets
+    from codiemb.models.encoder import Encoder
+
+    file = out / "eval" / (label.replace(" ", "_").replace("/", "_").replace(",", "") + ".json")
+    if file.exists():
+        return json.loads(file.read_text())
+    specs = parse_sets(TEST_SETS)
+    started = time.perf_counter()
+    results = evaluate(Encoder.from_pretrained(path), specs, batch_size=batch_size, cache=cache,
+                       autocast_dtype=torch.bfloat16 if bf16 else None)
+    ir = [results["scifact"]["ndcg@10"], results["vaswani"]["ndcg@10"]]
+    row = {"model": label, "path": path, "stsb_test": results["stsb_test"]["spearman"], "scifact": ir[0],
+           "vaswani": ir[1], "sts_mean": summarize(results, specs)["sts_spearman"], "ir_mean": sum(ir) / 2,
+           "eval_s": time.perf_counter() - started}
+    row["mean"] = (row["sts_mean"] + row["ir_mean"]) / 2
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(row, indent=2))
+    print(f"[ablation] {label}: {json.dumps({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})}",
+          flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "ablation" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     parser.add_argument("--runs", nargs="*", default=list(RUNS))
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--fp32-eval", action="store_true", help="encode test sets in fp32 (default: bf16 autocast)")
+    parser.add_argument("--no-train", action="store_true", help="only tabulate runs that already finished")
     parser.add_argument("extra", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
-
-    from codiemb.eval.runner import evaluate, summarize
-    from codiemb.eval.sets import parse_sets
     from codiemb.merge.api import merge_models
-    from codiemb.models.encoder import Encoder
 
-    times = {name: train(name, args.out, args.extra) for name in args.runs}
-    models: dict[str, str] = {"base (no training)": "bundled:all-MiniLM-L6-v2"}
-    labels = {"naive_mixed": "naive co-training (mixed, one InfoNCE)", "ir_only": "IR only",
-              "sts_only": "STS only", "codiemb_proportional": "CoDiEmb proportional"}
-    for name, (run_dir, _) in times.items():
+    cache: dict = {}
+    bf16 = not args.fp32_eval
+
+    def score(label: str, path) -> dict:
+        return evaluate_model(label, str(path), args.out, cache, args.batch_size, bf16)
+
+    rows = [score("base (no training)", "bundled:all-MiniLM-L6-v2")]
+    times = {}
+    for name in args.runs:
+        if args.no_train and not (args.out / name / "DONE").exists():
+            continue
+        run_dir, times[name] = train(name, args.out, args.extra)
         if name != "codiemb":
-            models[labels[name]] = str(final_export(run_dir))
-    if "codiemb" in times:
-        run_dir = times["codiemb"][0]
+            rows.append(score(LABELS[name], final_export(run_dir)))
+            continue
         checkpoints = sorted((run_dir / "checkpoints").glob("step_*/"))
         uniform = run_dir / "merged_uniform"
         if not uniform.exists():
             merge_models(run_dir / "checkpoints" / "initial", checkpoints, uniform, method="uniform")
-        models["CoDiEmb balanced, last checkpoint"] = str(checkpoints[-1])
-        models["CoDiEmb + uniform soup"] = str(uniform)
-        models["CoDiEmb + delta fusion"] = str(run_dir / "merged")
+        rows.append(score("CoDiEmb balanced, last checkpoint", checkpoints[-1]))
+        rows.append(score("CoDiEmb + uniform soup", uniform))
+        rows.append(score("CoDiEmb + delta fusion", run_dir / "merged"))
 
-    specs = parse_sets(TEST_SETS)
-    cache: dict = {}
-    rows = []
-    for label, path in models.items():
-        started = time.perf_counter()
-        results = evaluate(Encoder.from_pretrained(path), specs, batch_size=args.batch_size, cache=cache)
-        summary = summarize(results, specs)
-        ir = [results["scifact"]["ndcg@10"], results["vaswani"]["ndcg@10"]]
-        row = {"model": label, "path": path, "stsb_test": results["stsb_test"]["spearman"],
-               "scifact": ir[0], "vaswani": ir[1], "sts_mean": summary["sts_spearman"],
-               "ir_mean": sum(ir) / 2, "eval_s": time.perf_counter() - started}
-        row["mean"] = (row["sts_mean"] + row["ir_mean"]) / 2
-        rows.append(row)
-        print(f"[ablation] {label}: {json.dumps({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})}",
-              flush=True)
-    train_times = {name: seconds for name, (_, seconds) in times.items()}
-    (args.out / "ablation.json").write_text(json.dumps({"rows": rows, "train_seconds": train_times}, indent=2))
+    (args.out / "ablation.json").write_text(json.dumps({"rows": rows, "train_seconds": times}, indent=2))
     table = ["| model | STS-B test | SciFact nDCG@10 | Vaswani nDCG@10 | STS mean | IR mean | overall |",
              "|---|---|---|---|---|---|---|"]
     table += [f"| {r['model']} | {r['stsb_test']:.2f} | {r['scifact']:.2f} | {r['vaswani']:.2f} | "
               f"{r['sts_mean']:.2f} | {r['ir_mean']:.2f} | {r['mean']:.2f} |" for r in rows]
-    table += ["", "train wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in train_times.items())]
+    table += ["", "test-set encoding: " + ("bf16 autocast" if bf16 else "fp32"),
+              "train wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
     (args.out / "ablation.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 
