@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.is_global_zero:
+        finish_loggers(trainer.loggers)
         return metrics
 
     output_dir = Path(cfg.paths.output_dir)
@@ -57,8 +59,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if export is not None:
         result["exports"] = [str(p) for p in export.all_exports()]
         result["merged"] = run_merge_stage(cfg, export.dirpath / INITIAL, export.all_exports(), output_dir)
+        publish_run(cfg, trainer, module, result)
     result["wall_time_s"] = time.perf_counter() - started
     print_summary(result)
+    finish_loggers(trainer.loggers)
     return result
 
 
@@ -83,3 +87,61 @@ def validation_scorer(sets):
     def score(model_dir: str) -> dict[str, float]:
         return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
     return score
+
+
+def publish_run(cfg: DictConfig, trainer: L.Trainer, module, result: dict[str, Any]) -> None:
+    """Final model cards (data, losses, merge, evaluation) for the last export and the merged model; the merge
+    event, its evaluation and plots for the loggers (W&B: table, images and an artifact)."""
+    from codiemb.merge.report import REPORT_JSON
+    from codiemb.models.card import update_model_card
+    from codiemb.models.lora import lora_summary
+
+    merged = Path(result["merged"]) if result.get("merged") else None
+    report = json.loads((merged / REPORT_JSON).read_text()) if merged and (merged / REPORT_JSON).is_file() else {}
+    rows = (report.get("evaluation") or {}).get("rows") or []
+    final_val = {k[4:]: v for k, v in result["metrics"].items() if k.startswith("val/") and k.count("/") == 1}
+    card = {"datasets": {n: {"task": i.get("task"), "rows": i.get("rows")} for n, i in result["data"].items()},
+            "task_mix": cfg.data.get("task_mix"), "lora": lora_summary(module.encoder.backbone),
+            "losses": {t: OmegaConf.to_container(cfg.loss[t], resolve=True) for t in ("ir", "sts") if t in cfg.loss},
+            "training": {"optimizer steps": trainer.global_step, "learning rate": cfg.module.get("lr")}}
+    if result.get("exports"):
+        update_model_card(result["exports"][-1], **card, evaluation={"this model": final_val} if final_val else None)
+    if merged:
+        evaluation = {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in rows}
+        update_model_card(merged, **card, merge={"method": report.get("method"), **(report.get("options") or {})},
+                          evaluation=evaluation or None)
+        log_merge_event(trainer.loggers, trainer.global_step, merged, report, rows)
+
+
+def log_merge_event(loggers, step: int, merged: Path, report: dict, rows: list[dict]) -> None:
+    """``events/merge`` and the merged model's scores as metrics; on W&B also the table, plots and report file."""
+    metrics = {"events/merge": 1.0, "merge/unchanged_fraction": float(report.get("summary", {}).get(
+        "unchanged_fraction", 0.0))}
+    merged_row = next((r for r in rows if str(r["model"]).startswith("merged")), {})
+    metrics.update({f"merge/{k}": float(v) for k, v in merged_row.items() if isinstance(v, (int, float))})
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+        if type(logger).__name__ != "WandbLogger":
+            continue
+        import wandb
+
+        if rows:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            logger.log_table("merge/evaluation", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        images = sorted(merged.glob("*.png"))
+        if images:
+            logger.log_image("merge/plots", images=[str(p) for p in images])
+        artifact = wandb.Artifact(f"merge-report-{logger.experiment.id}", type="merge_report")
+        for file in [merged / "merge_report.json", merged / "README.md", *images]:
+            if file.is_file():
+                artifact.add_file(str(file))
+        logger.experiment.log_artifact(artifact)
+
+
+def finish_loggers(loggers) -> None:
+    """Close W&B runs: the next run in this process (an Optuna trial) must start its own, not reuse this one."""
+    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
+        import wandb
+
+        wandb.finish()

@@ -98,7 +98,8 @@ def _usage(settings: Mapping[str, Any]) -> list[str]:
     lines = ["## Usage", "", "```python", "from sentence_transformers import SentenceTransformer", "",
              'model = SentenceTransformer("path/to/this/dir")',
              'q = model.encode(["how do I reset my password"], prompt_name="query")',
-             'd = model.encode(["Open Settings > Account > Reset password."])',
+             'd = model.encode(["Open Settings > Account > Reset password."]'
+             + (', prompt_name="document")' if settings.get("passage_prompt") else ")"),
              "print(model.similarity(q, d))", "```", "",
              f"With plain transformers (the pooling is `{pooling}`; prepend the query prompt to queries yourself):", "",
              "```python", "import torch", "from transformers import AutoModel, AutoTokenizer", "",
