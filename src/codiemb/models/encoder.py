@@ -106,7 +106,7 @@ class Encoder(nn.Module):
         if gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if settings["bidirectional"]:
-            check_bidirectional_support(config)
+            check_bidirectional_support(backbone.config)  # the built model knows its attention implementation
         if lora_enabled(lora):
             backbone = apply_lora(backbone, {k: v for k, v in lora.items()})
         return cls(backbone, tokenizer, **settings)
@@ -285,7 +285,7 @@ def check_bidirectional_support(config) -> None:
                and "bert" in model_type else "its attention mask cannot be replaced from outside")
         raise ConfigError(f"model.bidirectional is not offered for {model_type!r}: {why}; "
                           f"supported: {list(BIDIRECTIONAL_MODEL_TYPES)}")
-    if getattr(config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+    if (getattr(config, "_attn_implementation", None) or "sdpa") not in ("sdpa", "eager"):
         raise ConfigError("model.bidirectional needs attn_implementation sdpa or eager (flash attention is causal)")
 
 
