@@ -46,8 +46,11 @@ def apply_lora(backbone: nn.Module, options: Mapping[str, Any]) -> nn.Module:
 
 
 def is_lora(backbone: nn.Module) -> bool:
-    from peft import PeftModel
-
+    # peft is an optional dependency: without it nothing can be a LoRA model, and saving must still work.
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
     return isinstance(backbone, PeftModel)
 
 
