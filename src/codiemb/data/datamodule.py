@@ -89,6 +89,11 @@ class CoDiEmbDataModule(L.LightningDataModule):
             self.load_report[name] = {"task": result.records[0].task, "rows": len(result.records),
                                       "skipped": dict(result.skipped)}
             log.info(result.summary(name))
+        skipped = {name: info["skipped"] for name, info in self.load_report.items() if info["skipped"]}
+        if skipped:  # on_error=skip: one report at the end of loading, per dataset and reason
+            log.warning("skipped bad rows (data.on_error=skip): %s", "; ".join(
+                f"{name}: {sum(counts.values())} ({', '.join(f'{r}: {c}' for r, c in sorted(counts.items()))})"
+                for name, counts in skipped.items()))
         self.dataset = RecordDataset(records)
 
     def build_sampler(self, world_size: int = 1, rank: int = 0) -> TaskBatchSampler:

@@ -46,6 +46,10 @@ def _text(value: Any, name: str, where: dict) -> str:
         raise DataError(f"expected a string, got {type(value).__name__}", field=name, **where)
     if not value.strip():
         raise DataError("empty or whitespace-only text", field=name, **where)
+    try:  # a JSON escape like "\ud800" decodes to a lone surrogate that tokenizers cannot take
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"not valid Unicode ({exc.reason} at character {exc.start})", field=name, **where) from None
     return value
 
 
@@ -99,7 +103,9 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
             raise DataError("an STS row needs a score", field="score", **where)
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise DataError(f"expected a number, got {type(score).__name__}", field="score", **where)
-        if math.isnan(score) or not low <= score <= high:
+        if math.isnan(score):
+            raise DataError("score is NaN", field="score", **where)
+        if not low <= score <= high:
             raise DataError(f"score {score} is outside the declared range [{low:g}, {high:g}]",
                             field="score", **where)
         score = float(score)

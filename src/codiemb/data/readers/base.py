@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from codiemb.data.schema import Record
-from codiemb.errors import DataError
+from codiemb.errors import ConfigError, DataError
 
 ON_ERROR = ("raise", "skip")
 
@@ -29,7 +29,7 @@ class RowPolicy:
 
     def __init__(self, on_error: str = "raise"):
         if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+            raise ConfigError(f"data.on_error must be one of {ON_ERROR}, got {on_error!r}")
         self.on_error = on_error
         self.skipped: Counter = Counter()
 

@@ -7,12 +7,21 @@ from pathlib import Path
 
 from codiemb.data.readers.base import ReadResult, RowPolicy
 from codiemb.data.schema import parse_record
-from codiemb.errors import DataError
+from codiemb.errors import ConfigError, DataError
+
+
+def check_score_range(score_range, name: str) -> None:
+    """An empty range would divide by zero when scores are normalised: refuse it while loading."""
+    low, high = (float(v) for v in score_range)
+    if not low < high:
+        raise ConfigError(f"dataset '{name}': score_range [{low:g}, {high:g}] is empty; "
+                          "set score_range: [min, max] with min < max")
 
 
 def read_jsonl(path: str, *, name: str, task: str | None = None, on_error: str = "raise",
                score_range: tuple[float, float] = (0.0, 5.0), **_: object) -> ReadResult:
     """One JSON object per line in the unified schema (blank lines are ignored)."""
+    check_score_range(score_range, name)
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", source=str(path))
@@ -28,10 +37,13 @@ def read_jsonl(path: str, *, name: str, task: str | None = None, on_error: str =
             if not text.strip():
                 continue
             try:
-                raw = json.loads(text)
+                raw = json.loads(text.rstrip("\r\n"))  # without the newline, colno points into this line
             except json.JSONDecodeError as exc:
                 policy.handle(DataError(f"malformed JSON: {exc.msg} (column {exc.colno})",
                                         source=str(path), line=line_no))
+                continue
+            except RecursionError:  # json recurses once per nesting level
+                policy.handle(DataError("malformed JSON: nested too deeply", source=str(path), line=line_no))
                 continue
             try:
                 records.append(parse_record(raw, dataset=name, source=str(path), line=line_no, task=task,
@@ -49,6 +61,7 @@ def read_hf(path: str, *, name: str, task: str | None = None, split: str | None 
     e.g. ``{"sentence1": "query", "sentence2": "positives", "label": "score"}``."""
     import datasets
 
+    check_score_range(score_range, name)
     try:
         ds = datasets.load_dataset(path, split=split or "train", **(load_kwargs or {}))
     except Exception as exc:  # datasets raises many types; the user needs the name and the cause

@@ -1,0 +1,207 @@
+"""Every kind of bad input fails while loading with the file, line and field in the message (``on_error=raise``),
+or is dropped and counted (``on_error=skip``). Each message is asserted in full: it is what the user sees."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from codiemb.data.datamodule import CoDiEmbDataModule
+from codiemb.data.readers.beir import load_beir, read_beir
+from codiemb.data.readers.unified import read_jsonl
+from codiemb.errors import ConfigError, DataError
+
+GOOD_IR = {"query": "how do I reset my router", "positives": ["hold the reset button for ten seconds"]}
+GOOD_STS = {"query": "a man plays a guitar", "positives": ["someone plays an instrument"], "score": 3.5}
+
+
+def write_lines(path: Path, lines: list) -> Path:
+    """Write rows (dicts are dumped as JSON, ``str``/``bytes`` are written verbatim), one per line."""
+    with path.open("wb") as fh:
+        for line in lines:
+            if isinstance(line, dict):
+                line = json.dumps(line)
+            fh.write((line.encode("utf-8") if isinstance(line, str) else line) + b"\n")
+    return path
+
+
+# (task, bad line placed on line 2 after one good row, expected "field: message" suffix after "<path>, line 2")
+ROW_CASES = {
+    "malformed_json": ("ir", '{"query": "a", "positives": ["b"]', ": malformed JSON: Expecting ',' delimiter (column 34)"),
+    "truncated_json": ("ir", '{"query": "a", ', ": malformed JSON: Expecting property name enclosed in double quotes "
+                       "(column 16)"),
+    "not_an_object": ("ir", '["a", "b"]', ": expected a JSON object, got list"),
+    "deep_nesting": ("ir", "[" * 100_000, ": malformed JSON: nested too deeply"),
+    "missing_query": ("ir", {"positives": ["b"]}, ", field 'query': missing required field"),
+    "query_wrong_type": ("ir", {"query": 5, "positives": ["b"]}, ", field 'query': expected a string, got int"),
+    "positives_wrong_type": ("ir", {"query": "a", "positives": {"b": 1}},
+                             ", field 'positives': expected a list of strings, got dict"),
+    "positive_wrong_type": ("ir", {"query": "a", "positives": ["b", None]},
+                            ", field 'positives[1]': expected a string, got NoneType"),
+    "ir_empty_positives": ("ir", {"query": "a", "positives": []}, ", field 'positives': needs at least one positive"),
+    "ir_no_positives": ("ir", {"query": "a", "negatives": ["n"]}, ", field 'positives': needs at least one positive"),
+    "empty_query": ("ir", {"query": "", "positives": ["b"]}, ", field 'query': empty or whitespace-only text"),
+    "whitespace_negative": ("ir", {"query": "a", "positives": ["b"], "negatives": [" \t\n"]},
+                           ", field 'negatives[0]': empty or whitespace-only text"),
+    "lone_surrogate": ("ir", '{"query": "caf\\ud800", "positives": ["b"]}',
+                       ", field 'query': not valid Unicode (surrogates not allowed at character 3)"),
+    "non_utf8_bytes": ("ir", b'{"query": "caf\xe9", "positives": ["b"]}',
+                       ": not valid UTF-8 (invalid continuation byte at byte 14)"),
+    "task_mismatch": ("ir", {"task": "sts", "query": "a", "positives": ["b"], "score": 1},
+                      ", field 'task': row says task 'sts' but dataset 'toy' is declared 'ir'"),
+    "sts_score_missing": ("sts", {"query": "a", "positives": ["b"]}, ", field 'score': an STS row needs a score"),
+    "sts_score_string": ("sts", {"query": "a", "positives": ["b"], "score": "3.5"},
+                         ", field 'score': expected a number, got str"),
+    "sts_score_bool": ("sts", {"query": "a", "positives": ["b"], "score": True},
+                       ", field 'score': expected a number, got bool"),
+    "sts_score_above_range": ("sts", {"query": "a", "positives": ["b"], "score": 5.5},
+                              ", field 'score': score 5.5 is outside the declared range [0, 5]"),
+    "sts_score_below_range": ("sts", {"query": "a", "positives": ["b"], "score": -1},
+                              ", field 'score': score -1 is outside the declared range [0, 5]"),
+    "sts_score_nan": ("sts", '{"query": "a", "positives": ["b"], "score": NaN}', ", field 'score': score is NaN"),
+    "sts_score_infinite": ("sts", '{"query": "a", "positives": ["b"], "score": Infinity}',
+                           ", field 'score': score inf is outside the declared range [0, 5]"),
+    "sts_two_texts": ("sts", {"query": "a", "positives": ["b", "c"], "score": 1},
+                      ", field 'positives': an STS row pairs the query with exactly one text, got 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROW_CASES))
+def test_bad_row_raises_with_file_line_and_field(tmp_path, case):
+    task, bad, suffix = ROW_CASES[case]
+    path = write_lines(tmp_path / "toy.jsonl", [GOOD_IR if task == "ir" else GOOD_STS, bad])
+    with pytest.raises(DataError) as info:
+        read_jsonl(str(path), name="toy", task=task)
+    assert str(info.value) == f"{path}, line 2{suffix}"
+    assert (info.value.source, info.value.line) == (str(path), 2)
+
+
+@pytest.mark.parametrize("case", sorted(ROW_CASES))
+def test_skip_drops_exactly_the_bad_row_and_counts_it_under_its_field(tmp_path, case):
+    task, bad, suffix = ROW_CASES[case]
+    good = GOOD_IR if task == "ir" else GOOD_STS
+    path = write_lines(tmp_path / "toy.jsonl", [good, bad, good])
+    result = read_jsonl(str(path), name="toy", task=task, on_error="skip")
+    assert [r.query for r in result.records] == [good["query"]] * 2
+    field = suffix.split("field '")[1].split("'")[0] if "field '" in suffix else None
+    assert dict(result.skipped) == {f"bad {field}" if field else "malformed row": 1}
+
+
+def test_score_range_that_is_empty_is_a_config_error(tmp_path):
+    path = write_lines(tmp_path / "toy.jsonl", [GOOD_STS])
+    with pytest.raises(ConfigError, match=r"^dataset 'toy': score_range \[5, 5\] is empty; set score_range: "
+                                          r"\[min, max\] with min < max$"):
+        read_jsonl(str(path), name="toy", task="sts", score_range=(5, 5))
+
+
+def test_declared_range_is_used_for_the_check(tmp_path):
+    path = write_lines(tmp_path / "toy.jsonl", [{**GOOD_STS, "score": 0.9}, {**GOOD_STS, "score": 1.5}])
+    with pytest.raises(DataError, match=r"line 2, field 'score': score 1.5 is outside the declared range \[0, 1\]$"):
+        read_jsonl(str(path), name="toy", task="sts", score_range=(0, 1))
+
+
+# ---------------------------------------------------------------- datasets as a whole (the datamodule)
+def datamodule(tmp_path: Path, rows_by_name: dict[str, tuple[str, list]], **options) -> CoDiEmbDataModule:
+    specs = [{"name": name, "task": task, "format": "jsonl",
+              "path": str(write_lines(tmp_path / f"{name}.jsonl", rows))}
+             for name, (task, rows) in rows_by_name.items()]
+    return CoDiEmbDataModule(specs, **{"num_workers": 0, "ir_batch_size": 2, "sts_batch_size": 2, **options})
+
+
+def test_dataset_empty_after_skipping_stops_loading(tmp_path):
+    dm = datamodule(tmp_path, {"bad": ("ir", [{"query": "a"}, "{oops"])}, on_error="skip")
+    with pytest.raises(DataError) as info:
+        dm.load()
+    assert str(info.value) == f"{tmp_path / 'bad.jsonl'}: dataset 'bad' is empty after loading (2 rows skipped)"
+
+
+def test_an_empty_file_is_an_empty_dataset(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    dm = CoDiEmbDataModule([{"name": "empty", "task": "ir", "path": str(tmp_path / "empty.jsonl")}])
+    with pytest.raises(DataError, match=r"empty.jsonl: dataset 'empty' is empty after loading \(0 rows skipped\)$"):
+        dm.load()
+
+
+def test_skip_reports_per_dataset_counts_at_the_end_of_loading(tmp_path, caplog):
+    dm = datamodule(tmp_path, {"ir_set": ("ir", [GOOD_IR, {"query": "a", "positives": []}, GOOD_IR, "{"]),
+                               "sts_set": ("sts", [GOOD_STS, {**GOOD_STS, "score": 9}, GOOD_STS]),
+                               "clean": ("ir", [GOOD_IR, GOOD_IR])}, on_error="skip")
+    with caplog.at_level(logging.INFO, logger="codiemb.data.datamodule"):
+        dm.load()
+    assert {n: (i["rows"], i["skipped"]) for n, i in dm.load_report.items()} == {
+        "ir_set": (2, {"bad positives": 1, "malformed row": 1}), "sts_set": (2, {"bad score": 1}), "clean": (2, {})}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["skipped bad rows (data.on_error=skip): ir_set: 2 (bad positives: 1, malformed row: 1); "
+                        "sts_set: 1 (bad score: 1)"]
+    assert caplog.records[-1].levelno == logging.WARNING  # the report comes after every dataset was read
+
+
+def test_raise_is_the_default_policy(tmp_path):
+    dm = datamodule(tmp_path, {"ir_set": ("ir", [GOOD_IR, {"query": "a", "positives": []}])})
+    with pytest.raises(DataError, match=r"ir_set.jsonl, line 2, field 'positives': needs at least one positive$"):
+        dm.load()
+
+
+def test_unknown_on_error_value_is_a_config_error(tmp_path):
+    dm = datamodule(tmp_path, {"ir_set": ("ir", [GOOD_IR])}, on_error="ignore")
+    with pytest.raises(ConfigError, match=r"^data.on_error must be one of \('raise', 'skip'\), got 'ignore'$"):
+        dm.load()
+
+
+def test_dataset_too_small_for_one_batch(tmp_path):
+    dm = datamodule(tmp_path, {"ir_set": ("ir", [GOOD_IR] * 5), "sts_set": ("sts", [GOOD_STS] * 3)},
+                    ir_batch_size=4, sts_batch_size=4)
+    with pytest.raises(ConfigError) as info:
+        dm.build_sampler()
+    assert str(info.value) == ("dataset 'sts_set' has 3 rows but one sts step needs 4 (batch 4 x 1 ranks x 1 "
+                               "accumulation); lower data.sts_batch_size or add data")
+
+
+# ---------------------------------------------------------------- BEIR folders
+def beir_folder(root: Path, corpus: list, queries: list, qrels: list[str]) -> Path:
+    (root / "qrels").mkdir(parents=True)
+    write_lines(root / "corpus.jsonl", corpus)
+    write_lines(root / "queries.jsonl", queries)
+    (root / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{r}\n" for r in qrels))
+    return root
+
+
+def test_beir_duplicate_corpus_id(tmp_path):
+    root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}, {"_id": "d2", "text": "y"},
+                                        {"_id": "d1", "text": "z"}], [{"_id": "q1", "text": "q"}], ["q1\td1\t1"])
+    with pytest.raises(DataError) as info:
+        read_beir(str(root), name="b")
+    assert str(info.value) == f"{root / 'corpus.jsonl'}, line 3, field '_id': duplicate id 'd1'"
+
+
+def test_beir_qrels_pointing_to_an_unknown_document(tmp_path):
+    root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}], [{"_id": "q1", "text": "q"}],
+                       ["q1\td1\t1", "q1\td9\t1"])
+    with pytest.raises(DataError) as info:
+        read_beir(str(root), name="b")
+    assert str(info.value) == f"{root / 'qrels' / 'train.tsv'}, line 3, field 'corpus-id': unknown corpus id 'd9'"
+
+
+def test_beir_qrels_pointing_to_an_unknown_query(tmp_path):
+    root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}], [{"_id": "q1", "text": "q"}], ["q7\td1\t1"])
+    with pytest.raises(DataError, match=r"train.tsv, line 2, field 'query-id': unknown query id 'q7'$"):
+        load_beir(str(root), "train")
+
+
+def test_beir_queries_without_a_relevant_document_are_counted_not_raised(tmp_path):
+    root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}],
+                       [{"_id": "q1", "text": "q"}, {"_id": "q2", "text": "r"}], ["q1\td1\t1", "q2\td1\t0"])
+    result = read_beir(str(root), name="b")
+    assert [r.query for r in result.records] == ["q"] and dict(result.skipped) == {"no positive": 1}
+
+
+@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
+                   reason="beir.py (not owned here) opens files as utf-8 text; the fix is reported to the lead")
+def test_beir_non_utf8_corpus_is_a_data_error(tmp_path):
+    root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}, b'{"_id": "d2", "text": "caf\xe9"}'],
+                       [{"_id": "q1", "text": "q"}], ["q1\td1\t1"])
+    with pytest.raises(DataError, match=r"corpus.jsonl, line 2: not valid UTF-8"):
+        read_beir(str(root), name="b")
