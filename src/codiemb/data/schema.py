@@ -91,6 +91,8 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
     instruction = raw.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise DataError("expected a string", field="instruction", **where)
+    # optional: empty means none, but a non-empty one must be text a tokenizer can take
+    instruction = _text(instruction, "instruction", where) if instruction and instruction.strip() else None
 
     score = None
     low, high = (float(score_range[0]), float(score_range[1]))
