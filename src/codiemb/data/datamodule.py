@@ -7,6 +7,7 @@ import random
 from typing import Any, Sequence
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from codiemb.data.collator import Collator
@@ -123,8 +124,11 @@ class CoDiEmbDataModule(L.LightningDataModule):
         if self.collator is None:
             raise RuntimeError("call attach_tokenizer(...) before training")
         self.setup("fit")
+        # Its own generator: creating a DataLoader iterator draws a seed, which must not move the global RNG
+        # (a resumed run creates one more iterator than the uninterrupted run; dropout would then differ).
         return DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict()} if self.sampler is not None else {}

@@ -148,6 +148,11 @@ class TaskBatchSampler:
 
     # ------------------------------------------------------------ iteration and state
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        # Lightning calls set_epoch on a DataLoader's sampler, never on its batch sampler, and after a resume from
+        # an end-of-epoch checkpoint its epoch count and ours can differ: so the sampler moves itself on once
+        # every micro-batch of its epoch was trained on. (Runs when iteration starts, after the last mark.)
+        if self.consumed >= len(self):
+            self.epoch, self.consumed = self.epoch + 1, 0
         position = 0
         start = self.consumed
         for step in self.plan():

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import lightning as L
 from lightning.pytorch.plugins.precision import MixedPrecision
 import torch
 from torch import nn
 
+from codiemb.errors import CodiembError
 from codiemb.losses.gather import all_gather_no_grad, all_gather_with_grad, assert_lockstep, gather_positive_mask
 from codiemb.models.encoder import Encoder
+
+
+class NonFiniteLossError(CodiembError, RuntimeError):
+    """The loss became NaN or infinite: training stops before the optimizer step, so no checkpoint holds it."""
 
 
 class CoDiEmbModule(L.LightningModule):
@@ -32,6 +39,7 @@ class CoDiEmbModule(L.LightningModule):
         self.save_hyperparameters(ignore=["encoder", "ir_loss", "sts_loss"])
         self.steps_by_task: dict[str, int] = {}
         self.steps_by_dataset: dict[str, int] = {}
+        self._restored_rng: dict | None = None
 
     # ------------------------------------------------------------ steps
     def middle_layer(self) -> int | None:
@@ -63,6 +71,11 @@ class CoDiEmbModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, components = self.compute_loss(batch)
         task, size = batch["task"], batch["size"]
+        if not torch.isfinite(loss.detach()).all():  # raising here skips backward, optimizer step and checkpoint
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at global step {self.global_step} (task '{task}', dataset "
+                f"'{batch['dataset']}', micro-batch {batch_idx}); stopped before the optimizer step, so the last "
+                "checkpoint is clean: lower module.lr, check that dataset, or resume with ckpt_path=<last.ckpt>")
         logged = loss.detach().float()
         self.log("train/loss", logged, prog_bar=True, batch_size=size)
         self.log(f"train/{task}_loss", logged, batch_size=size)
@@ -70,11 +83,26 @@ class CoDiEmbModule(L.LightningModule):
             self.log(f"train/{task}/{name}", value.float(), batch_size=size)
         return loss
 
-    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        # Record how far the epoch got for exact resumes, and the sampler statistics the loggers show.
+    # ------------------------------------------------------------ exact resumes
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self._restored_rng is not None:  # restored here, after the DataLoader and callbacks have started
+            set_rng_states(self._restored_rng)
+            self._restored_rng = None
+        # Count the batch as consumed now: checkpoint callbacks run before this module's on_train_batch_end,
+        # so a checkpoint saved at the end of this step must already include it.
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "mark_consumed"):
             datamodule.mark_consumed(batch["position"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning does not save RNG states; dropout masks after a resume must match the uninterrupted run.
+        checkpoint["codiemb_rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._restored_rng = checkpoint.get("codiemb_rng_states")
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        # The sampler statistics the loggers show.
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             self.steps_by_task[batch["task"]] = self.steps_by_task.get(batch["task"], 0) + 1
             self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
@@ -112,6 +140,26 @@ class CoDiEmbModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(self.hparams.schedule, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+
+
+def rng_states() -> dict:
+    """Every RNG training draws from, as plain tensors, lists and ints: checkpoints load with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+              "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch.cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    python = states["python"]  # a tuple when saved; lists once it went through a checkpoint
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    if "torch.cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch.cuda"])
 
 
 def _schedule(kind: str, warmup: int, total: int):
