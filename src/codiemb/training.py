@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from codiemb.callbacks.checkpoint import INITIAL, PeriodicExport
+from codiemb.errors import ConfigError
 from codiemb.utils.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
 
     # Data first: a bad row or an impossible batch size fails here, before any model weights load.
+    ckpt_path = resolve_ckpt_path(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.load()
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    check_cross_device(cfg, trainer.num_devices * trainer.num_nodes)
     datamodule.build_sampler(world_size=trainer.num_devices * trainer.num_nodes)
 
     module = instantiate(cfg.module)
@@ -47,7 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams(hyperparameters)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.is_global_zero:
         finish_loggers(trainer.loggers)
@@ -64,6 +67,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where Lightning's ``.ckpt`` files of this run go (the ``model_checkpoint`` callback's ``dirpath``)."""
+    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=<file>`` resumes from that file; ``resume=auto`` from the run directory's ``last.ckpt`` when
+    there is one (so the same command both starts a run and continues it after a crash)."""
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
+                              "<run dir>/checkpoints/last.ckpt, or use resume=auto with hydra.run.dir=<run dir>")
+        return str(ckpt_path)
+    if resume is None:
+        return None
+    if resume != "auto":
+        raise ConfigError(f"resume={resume} is not understood; use resume=auto (with hydra.run.dir=<run dir>) "
+                          "or ckpt_path=<file.ckpt>")
+    last = checkpoint_dir(cfg) / "last.ckpt"
+    if last.is_file():
+        log.info("resume=auto: continuing from %s", last)
+        return str(last)
+    log.info("resume=auto: no %s yet, starting from the beginning", last)
+    return None
+
+
+def check_cross_device(cfg: DictConfig, world_size: int) -> None:
+    """Cross-device negatives need several processes; with one they would silently be ordinary in-batch ones."""
+    if world_size > 1:
+        return
+    for task in ("ir", "sts"):
+        if ((cfg.get("loss") or {}).get(task) or {}).get("cross_device"):
+            raise ConfigError(f"loss.{task}.cross_device=true gathers negatives across processes but this run has "
+                              f"one process; set loss.{task}.cross_device=false or train with a distributed trainer "
+                              "(trainer=ddp, trainer.devices>1)")
 
 
 def run_merge_stage(cfg: DictConfig, base: Path, checkpoints: list[Path], output_dir: Path) -> str | None:
