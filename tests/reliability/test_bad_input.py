@@ -202,8 +202,6 @@ def test_beir_queries_without_a_relevant_document_are_counted_not_raised(tmp_pat
     assert [r.query for r in result.records] == ["q"] and dict(result.skipped) == {"no positive": 1}
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="beir.py (not owned here) opens files as utf-8 text; the fix is reported to the lead")
 def test_beir_non_utf8_corpus_is_a_data_error(tmp_path):
     root = beir_folder(tmp_path / "b", [{"_id": "d1", "text": "x"}, b'{"_id": "d2", "text": "caf\xe9"}'],
                        [{"_id": "q1", "text": "q"}], ["q1\td1\t1"])

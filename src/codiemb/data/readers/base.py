@@ -37,3 +37,11 @@ class RowPolicy:
         if self.on_error == "raise":
             raise error
         self.skipped[f"bad {error.field}" if error.field else "malformed row"] += 1
+
+
+def decode_line(raw: bytes, source: str, line: int) -> str:
+    """One line of a UTF-8 file, or a :class:`DataError` naming file and line (instead of UnicodeDecodeError)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=source, line=line) from None

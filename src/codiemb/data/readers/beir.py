@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, decode_line
 from codiemb.data.schema import parse_record
 from codiemb.errors import DataError
 
@@ -28,8 +28,9 @@ def _read_jsonl_ids(path: Path, text_of) -> dict[str, str]:
     if not path.is_file():
         raise DataError("file not found", source=str(path))
     out: dict[str, str] = {}
-    with path.open(encoding="utf-8") as fh:
-        for line, raw in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for line, raw_bytes in enumerate(fh, start=1):
+            raw = decode_line(raw_bytes, str(path), line)
             if not raw.strip():
                 continue
             try:
@@ -51,8 +52,9 @@ def read_qrels(path: Path, corpus: dict[str, str] | None = None,
     if not path.is_file():
         raise DataError("file not found", source=str(path))
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as fh:
-        for line, raw in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for line, raw_bytes in enumerate(fh, start=1):
+            raw = decode_line(raw_bytes, str(path), line)
             fields = raw.rstrip("\n\r").split("\t")
             if line == 1 and fields[:2] == ["query-id", "corpus-id"]:
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, decode_line
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -29,10 +29,9 @@ def read_jsonl(path: str, *, name: str, task: str | None = None, on_error: str =
     with path.open("rb") as fh:
         for line_no, raw_line in enumerate(fh, start=1):
             try:
-                text = raw_line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                policy.handle(DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                                        source=str(path), line=line_no))
+                text = decode_line(raw_line, str(path), line_no)
+            except DataError as exc:
+                policy.handle(exc)
                 continue
             if not text.strip():
                 continue
