@@ -48,7 +48,8 @@ def build_medquad_ir(rows: int = 2000, negatives: int = 3, seed: int = 0) -> Pat
     for r in raw:
         negs = [answer_of[q] for q in r.get("neg_qids", []) if q in answer_of and answer_of[q] != r["pos"][0]]
         if r.get("pos") and len(negs) >= negatives:
-            usable.append({"task": "ir", "query": r["query"], "positives": [r["pos"][0]], "negatives": negs[:negatives]})
+            usable.append({"task": "ir", "query": r["query"], "positives": [r["pos"][0]],
+                           "negatives": negs[:negatives]})
     chosen = random.Random(seed).sample(usable, rows)
     WORK.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
