@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from codiemb.data.schema import Record
 from codiemb.errors import ConfigError, DataError
@@ -45,3 +46,15 @@ def decode_line(raw: bytes, source: str, line: int) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=source, line=line) from None
+
+
+def split_file(path: str | Path, split: str | None, pattern: str, splits: str) -> Path:
+    """``path`` itself when it is a file, else ``path / pattern.format(split=split)`` (e.g. a release folder)."""
+    path = Path(path)
+    if path.is_dir():
+        if split is None:
+            raise ConfigError(f"{path} is a directory: name the split ({splits})")
+        path = path / pattern.format(split=split)
+    if not path.is_file():
+        raise DataError("file not found", source=str(path))
+    return path

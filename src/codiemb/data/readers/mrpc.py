@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, split_file
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -27,14 +27,7 @@ HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
 
 def mrpc_file(path: str | Path, split: str | None) -> Path:
     """``path`` itself when it is a file, else ``path/msr_paraphrase_<split>.txt``."""
-    path = Path(path)
-    if path.is_dir():
-        if split is None:
-            raise ConfigError(f"{path} is a directory: name the split ('train' or 'test')")
-        path = path / f"msr_paraphrase_{split}.txt"
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    return path
+    return split_file(path, split, "msr_paraphrase_{split}.txt", "'train' or 'test'")
 
 
 def read_mrpc(path: str, *, name: str, task: str | None = None, split: str | None = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, split_file
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -27,14 +27,7 @@ NO_POSITIVE = "question without a correct sentence"
 
 def wikiqa_file(path: str | Path, split: str | None) -> Path:
     """``path`` itself when it is a file, else ``path/WikiQA-<split>.tsv``."""
-    path = Path(path)
-    if path.is_dir():
-        if split is None:
-            raise ConfigError(f"{path} is a directory: name the split ('train', 'dev' or 'test')")
-        path = path / f"WikiQA-{split}.tsv"
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    return path
+    return split_file(path, split, "WikiQA-{split}.tsv", "'train', 'dev' or 'test'")
 
 
 def csv_unquote(field: str) -> str:
