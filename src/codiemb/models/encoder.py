@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from codiemb.errors import ConfigError
 from codiemb.models.lora import apply_lora, lora_enabled, lora_summary, merged_backbone
