@@ -30,7 +30,7 @@ class CoDiEmbModule(L.LightningModule):
 
     def __init__(self, encoder: Encoder, ir_loss: nn.Module, sts_loss: nn.Module, lr: float = 2e-5,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: str = "linear"):
+                 eps: float = 1e-8, schedule: str = "linear", embed_chunk_size: int | None = None):
         super().__init__()
         self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
         # from_pretrained leaves Hugging Face models in eval mode and Lightning keeps module modes as they
@@ -49,12 +49,30 @@ class CoDiEmbModule(L.LightningModule):
         # hidden_states has num_layers + 1 entries (embeddings first); the official release takes len // 2.
         return (self.encoder.num_layers + 1) // 2 if layer is None else int(layer)
 
+    def embed(self, features: dict, hidden_layer: int | None = None):
+        """Encode a batch; with ``embed_chunk_size`` in chunks whose activations are dropped after the forward
+        and recomputed chunk by chunk in the backward (GradCache's memory profile, as sentence-transformers'
+        CachedMultipleNegativesRankingLoss: the loss still sees every embedding of the big batch, but only
+        one chunk's activations are alive at a time; the price is one extra forward)."""
+        size = self.hparams.get("embed_chunk_size")
+        rows = features["input_ids"].shape[0]
+        if not size or rows <= size or not torch.is_grad_enabled():
+            return self.encoder(features, hidden_layer=hidden_layer)
+        from torch.utils.checkpoint import checkpoint
+
+        outputs = [checkpoint(self.encoder, {k: v[start:start + size] for k, v in features.items()}, hidden_layer,
+                              use_reentrant=False)  # keeps the RNG state, so dropout recomputes identically
+                   for start in range(0, rows, size)]
+        if hidden_layer is None:
+            return torch.cat(outputs)
+        return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
+
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Under DDP all ranks must be on the same task and dataset, or a gather would hang or mix tasks.
         assert_lockstep(f"{batch['task']}/{batch['dataset']}", self.device)
         if batch["task"] == "sts":
             layer = self.middle_layer()
-            a, b = self.encoder(batch["query"], hidden_layer=layer), self.encoder(batch["passages"], hidden_layer=layer)
+            a, b = self.embed(batch["query"], layer), self.embed(batch["passages"], layer)
             (a, a_mid), (b, b_mid) = (a, b) if layer is not None else ((a, None), (b, None))
             scores = batch["scores"]
             if getattr(self.sts_loss, "cross_device", False):
@@ -62,7 +80,7 @@ class CoDiEmbModule(L.LightningModule):
                 a_mid, b_mid = (None, None) if a_mid is None else (all_gather_with_grad(a_mid),
                                                                      all_gather_with_grad(b_mid))
             return self.sts_loss(a, b, scores, a_mid, b_mid)
-        query, passages, mask = self.encoder(batch["query"]), self.encoder(batch["passages"]), batch["positive_mask"]
+        query, passages, mask = self.embed(batch["query"]), self.embed(batch["passages"]), batch["positive_mask"]
         if getattr(self.ir_loss, "cross_device", False):
             query, passages = all_gather_with_grad(query), all_gather_with_grad(passages)
             mask = gather_positive_mask(mask)
