@@ -7,6 +7,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from codiemb.losses.gather import all_ranks_finite
+
 
 def build(seed: int = 0):
     """The same tiny model and losses in every process."""
@@ -66,6 +68,11 @@ def run_rank(rank: int, world: int, port: int, out: str) -> None:
                     dist.all_reduce(g)
                     g /= world
                 results[task, cross_device] = grads
+        # NaN on rank 0 only: every rank must see it, or rank 1 would wait in backward's all-reduce forever
+        for case, value in (("finite_one_nan", float("nan") if rank == 0 else 1.0), ("finite_all", 1.0)):
+            answers = [None] * world
+            dist.all_gather_object(answers, all_ranks_finite(torch.tensor(value)))
+            results[case] = answers
         if rank == 0:
             torch.save(results, out)
     finally:

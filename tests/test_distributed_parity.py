@@ -47,3 +47,8 @@ def test_without_gathering_the_gradients_differ(distributed, task):
     """If cross-device gathering were silently off while the config says on, the parity test above would fail."""
     reference = single_process_grads(task)
     assert max_relative_error(distributed[task, False], reference) > 1e-3
+
+
+def test_a_nan_on_one_rank_is_seen_by_every_rank(distributed):
+    assert distributed["finite_one_nan"] == [False, False]
+    assert distributed["finite_all"] == [True, True]

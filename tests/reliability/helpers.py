@@ -67,3 +67,24 @@ class NonFiniteAfter(torch.nn.Module):
         if self.calls >= self.call:
             loss = loss * self.value
         return loss, components
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward; backward sends NaN: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+class NanGradientAfter(NonFiniteAfter):
+    """Wraps a loss; from its ``call``-th call on, the loss stays finite but its gradient is NaN."""
+
+    def forward(self, *args):
+        self.calls += 1
+        loss, components = self.loss(*args)
+        return (_NanGradient.apply(loss) if self.calls >= self.call else loss), components

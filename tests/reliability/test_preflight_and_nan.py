@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from codiemb.errors import ConfigError, DataError
-from codiemb.models.module import NonFiniteLossError
+from codiemb.models.module import NonFiniteGradientError, NonFiniteLossError
 from codiemb.training import resolve_ckpt_path, train
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "checkpoint_every_n_steps=2", "data.num_workers=0",
@@ -82,11 +82,11 @@ def test_resume_auto_finds_last_ckpt_or_starts_fresh(compose_cfg):
 
 
 # ---------------------------------------------------------------- NaN / inf loss
-def with_poisoned_loss(cfg, task: str, call: int, value: float):
+def with_poisoned_loss(cfg, task: str, call: int, value: float, wrapper: str = "NonFiniteAfter"):
     """Wrap the configured ``task`` loss so its ``call``-th evaluation returns ``value``; record every batch."""
     inner = OmegaConf.to_container(cfg.loss[task], resolve=True)
     with open_dict(cfg):
-        cfg.loss[task] = {"_target_": "tests.reliability.helpers.NonFiniteAfter", "loss": inner, "call": call,
+        cfg.loss[task] = {"_target_": f"tests.reliability.helpers.{wrapper}", "loss": inner, "call": call,
                           "value": value}
         cfg.callbacks.recorder = {"_target_": "tests.reliability.helpers.BatchRecorder",
                                   "path": str(Path(cfg.paths.output_dir) / "batches.jsonl")}
@@ -118,3 +118,23 @@ def test_non_finite_sts_loss_on_the_first_step_leaves_no_checkpoint(compose_cfg)
                                                  r"'sts_general', micro-batch 0\); stopped before"):
         train(cfg)
     assert not list((Path(cfg.paths.output_dir) / "checkpoints").glob("*.ckpt"))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_nan_gradient_with_a_finite_loss_stops_before_the_step(compose_cfg, precision):
+    cfg = with_poisoned_loss(compose_cfg(FAST + ["task_mix=ir_only", f"trainer.precision={precision}"]), "ir",
+                             call=3, value=math.nan, wrapper="NanGradientAfter")
+    with pytest.raises(NonFiniteGradientError) as info:
+        train(cfg)
+    out = Path(cfg.paths.output_dir)
+    third = [json.loads(line) for line in (out / "batches.jsonl").read_text().splitlines()][2]
+    n_params = sum(1 for p in torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu",
+                                         weights_only=True)["state_dict"].values())
+    message = str(info.value)
+    assert message.startswith("gradient is not finite in ")
+    assert f"at global step 2 (task 'ir', dataset '{third['dataset']}', micro-batch 2) although the loss is finite" \
+        in message
+    assert 0 < int(message.split("in ")[1].split(" ")[0]) <= n_params
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2  # the poisoned step was never applied nor saved
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

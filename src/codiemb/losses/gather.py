@@ -94,3 +94,11 @@ def assert_lockstep(key: str, device: torch.device | None = None) -> None:
         raise RuntimeError(f"rank {dist.get_rank()} is on '{key}' but another rank is on a different task/dataset "
                            "in the same step; the sampler must give every rank the same step plan "
                            "(same seed, same data, use_distributed_sampler=False)")
+
+
+def all_ranks_finite(value: torch.Tensor, device: torch.device | None = None) -> bool:
+    """True when ``value`` is finite on every rank: one all-reduce (MIN) under DDP, so all ranks decide alike."""
+    ok = torch.isfinite(value.detach()).all().to(device=device, dtype=torch.int32).reshape(1)
+    if is_distributed():
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())

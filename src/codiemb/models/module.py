@@ -12,12 +12,17 @@ import torch
 from torch import nn
 
 from codiemb.errors import CodiembError
-from codiemb.losses.gather import all_gather_no_grad, all_gather_with_grad, assert_lockstep, gather_positive_mask
+from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
+                                   gather_positive_mask)
 from codiemb.models.encoder import Encoder
 
 
 class NonFiniteLossError(CodiembError, RuntimeError):
     """The loss became NaN or infinite: training stops before the optimizer step, so no checkpoint holds it."""
+
+
+class NonFiniteGradientError(CodiembError, RuntimeError):
+    """The loss was finite but a gradient was not: training stops before the optimizer step applies it."""
 
 
 class CoDiEmbModule(L.LightningModule):
@@ -89,10 +94,13 @@ class CoDiEmbModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, components = self.compute_loss(batch)
         task, size = batch["task"], batch["size"]
-        if not torch.isfinite(loss.detach()).all():  # raising here skips backward, optimizer step and checkpoint
+        self._step_context = f"global step {self.global_step} (task '{task}', dataset '{batch['dataset']}', " \
+                             f"micro-batch {batch_idx})"
+        # Raising here skips backward, optimizer step and checkpoint; every rank learns of any rank's NaN (one
+        # all-reduce under DDP), so all stop together instead of the others waiting in backward's all-reduce.
+        if not all_ranks_finite(loss, self.device):
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at global step {self.global_step} (task '{task}', dataset "
-                f"'{batch['dataset']}', micro-batch {batch_idx}); stopped before the optimizer step, so the last "
+                f"loss is {loss.item()} at {self._step_context}; stopped before the optimizer step, so the last "
                 "checkpoint is clean: lower module.lr, check that dataset, or resume with ckpt_path=<last.ckpt>")
         logged = loss.detach().float()
         self.log("train/loss", logged, prog_bar=True, batch_size=size)
@@ -134,11 +142,25 @@ class CoDiEmbModule(L.LightningModule):
         # Lightning's mixed-precision plugin refuses to clip for a fused optimiser because fp16 loss scaling
         # would have to be undone first; bf16 has no scaler, so the gradients are plain and can be clipped here.
         plugin = self.trainer.precision_plugin
+        if getattr(plugin, "scaler", None) is None:  # fp16's loss scaler skips non-finite steps by design
+            self._check_finite_gradients()
         if (gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None
                 and gradient_clip_algorithm in (None, "norm")):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
             return
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def _check_finite_gradients(self) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not all_ranks_finite(torch.nn.utils.get_total_norm(grads), self.device):
+            bad = [name for name, p in self.named_parameters()
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
+            where = f"in {len(bad)} parameters, first '{bad[0]}'" if bad else "on another rank"
+            raise NonFiniteGradientError(
+                f"gradient is not finite {where} at {getattr(self, '_step_context', 'this step')} although the "
+                "loss is finite; stopped before the optimizer step, so the weights and the last checkpoint are "
+                "clean: lower module.lr or trainer.gradient_clip_val, use bf16/fp32, or resume with "
+                "ckpt_path=<last.ckpt>")
 
     def configure_optimizers(self):
         decay, no_decay = [], []
