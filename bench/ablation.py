@@ -39,12 +39,12 @@ TEST_SETS = [
 ]
 
 
-def train(name: str, out: Path, extra: list[str]) -> tuple[Path, float]:
+def train(name: str, out: Path, experiment: str, extra: list[str]) -> tuple[Path, float]:
     run_dir = out / name
     done = run_dir / "DONE"
     if done.exists():
         return run_dir, float(done.read_text())
-    cmd = [sys.executable, "train.py", "experiment=real_cpu", *RUNS[name], *extra, f"hydra.run.dir={run_dir}",
+    cmd = [sys.executable, "train.py", f"experiment={experiment}", *RUNS[name], *extra, f"hydra.run.dir={run_dir}",
            "callbacks.progress_bar.refresh_rate=50"]
     print(f"[ablation] {' '.join(cmd[1:])}", flush=True)
     started = time.perf_counter()
@@ -90,6 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "ablation" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     parser.add_argument("--runs", nargs="*", default=list(RUNS))
+    parser.add_argument("--experiment", default="real_cpu", help="the recipe every run starts from")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--fp32-eval", action="store_true", help="encode test sets in fp32 (default: bf16 autocast)")
     parser.add_argument("--no-train", action="store_true", help="only tabulate runs that already finished")
@@ -110,7 +111,7 @@ def main() -> None:
     for name in args.runs:
         if args.no_train and not (args.out / name / "DONE").exists():
             continue
-        run_dir, times[name] = train(name, args.out, args.extra)
+        run_dir, times[name] = train(name, args.out, args.experiment, args.extra)
         if name != "codiemb":
             rows.append(score(LABELS[name], final_export(run_dir)))
             continue
