@@ -36,6 +36,7 @@ from codiemb.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 SAMPLING = ("random", "top")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -140,18 +141,21 @@ def build_corpus(records: Sequence[Record],
 
 def mine_records(records: Sequence[Record], encoder, *, corpus: Sequence[str] = (), batch_size: int = 64,
                  keep_existing_negatives: bool = True, show_progress: bool = True,
-                 report: MiningReport | None = None, **options) -> list[Record]:
+                 report: MiningReport | None = None, precision: str = "fp32", **options) -> list[Record]:
     """Encode queries and corpus with ``encoder`` (a :class:`codiemb.models.encoder.Encoder`), mine, and
     return the records with negatives = existing ones (if kept) followed by the mined ones, de-duplicated.
     ``options`` go to :func:`mine_from_embeddings`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"mining precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    autocast = PRECISIONS[precision]  # bf16 encodes ~2-3x faster on CPU; the ranking barely moves
     report = report if report is not None else MiningReport()
     texts, index = build_corpus(records, corpus)
     started = time.perf_counter()
     corpus_embeddings = encoder.encode(texts, kind="passage", batch_size=batch_size,
-                                       show_progress=show_progress)
+                                       show_progress=show_progress, autocast_dtype=autocast)
     query_embeddings = encoder.encode([r.query for r in records], kind="query", batch_size=batch_size,
                                       instructions=[r.instruction for r in records],
-                                      show_progress=show_progress)
+                                      show_progress=show_progress, autocast_dtype=autocast)
     report.seconds["encode"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     mined = mine_from_embeddings(query_embeddings, corpus_embeddings,

@@ -11,10 +11,11 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from codiemb.callbacks.checkpoint import INITIAL, PeriodicExport
 from codiemb.errors import ConfigError
+from codiemb.mined_data import resolve_mined_specs
 from codiemb.utils.summary import print_summary
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # Data first: a bad row or an impossible batch size fails here, before any model weights load.
     ckpt_path = resolve_ckpt_path(cfg)
+    prepare_mined_data(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.load()
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
@@ -67,6 +69,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result
+
+
+def prepare_mined_data(cfg: DictConfig) -> None:
+    """Datasets with a ``mine:`` block read their cached hard negatives (mined here on first use)."""
+    specs = OmegaConf.to_container(cfg.data.datasets, resolve=True)
+    if not any(spec.get("mine") for spec in specs):
+        return
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+    with open_dict(cfg):
+        cfg.data.datasets = resolve_mined_specs(specs, model, rank)
 
 
 def checkpoint_dir(cfg: DictConfig) -> Path:
