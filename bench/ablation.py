@@ -122,6 +122,13 @@ def main() -> None:
         rows.append(score("CoDiEmb balanced, last checkpoint", checkpoints[-1]))
         rows.append(score("CoDiEmb + uniform soup", uniform))
         rows.append(score("CoDiEmb + delta fusion", run_dir / "merged"))
+        lam = float(json.loads((run_dir / "merged" / "merge_report.json").read_text())["options"].get("lam", 1.0))
+        if lam != 1.0:  # the recipe's lam pulls towards the base weights; show what plain delta (lam 1) does
+            plain = run_dir / "merged_delta_lam1"
+            if not plain.exists():
+                merge_models(run_dir / "checkpoints" / "initial", checkpoints, plain, method="delta")
+            rows[-1]["model"] += f" (lam {lam:g})"
+            rows.append(score("CoDiEmb + delta fusion (lam 1)", plain))
 
     (args.out / "ablation.json").write_text(json.dumps({"rows": rows, "train_seconds": times}, indent=2))
     table = ["| model | STS-B test | SciFact nDCG@10 | Vaswani nDCG@10 | STS mean | IR mean | overall |",

@@ -91,3 +91,29 @@ def test_example_data_config_loads_and_builds_a_sampler(compose_cfg):
 def test_debug_and_experiment_configs_compose(compose_cfg, name):
     group = "debug" if (GROUPS / "debug" / f"{name}.yaml").exists() else "experiment"
     assert compose_cfg([f"{group}={name}"]) is not None
+
+
+def test_real_cpu_recipe_mines_ir_training_data_and_never_validates_on_a_test_split(compose_cfg):
+    from omegaconf import OmegaConf
+
+    from codiemb.data.readers import get_reader
+    from codiemb.mined_data import resolve_mined_specs
+
+    cfg = compose_cfg(["experiment=real_cpu"])
+    specs = OmegaConf.to_container(cfg.data.datasets, resolve=True)
+    assert {s["task"] for s in specs} == {"ir", "sts"}
+    for spec in specs:
+        get_reader(spec["format"])  # every format is known
+    mined = [s for s in specs if s.get("mine")]
+    assert [s["name"] for s in mined] == ["scifact_train", "pubmedqa_train"]
+    assert all(s["split"] == "train" and s["mine"]["output"].startswith(cfg.paths.log_dir) for s in mined)
+    # with the caches missing, another rank refuses (rank 0 would mine); nothing is written
+    for spec in mined:
+        spec["mine"]["output"] += ".absent"
+    with pytest.raises(Exception, match="missing or stale and rank 1 does not mine"):
+        resolve_mined_specs(mined, OmegaConf.to_container(cfg.model, resolve=True), rank=1)
+    # validation: STS-B dev and the held-back train queries, the same 10% the training side drops
+    val = OmegaConf.to_container(cfg.val, resolve=True)["sets"]
+    assert [v["name"] for v in val] == ["stsb_dev", "scifact_holdout"]
+    assert val[0]["path"].endswith("sts-dev.csv") and val[1]["split"] == "train"
+    assert val[1]["holdout_fraction"] == next(s for s in specs if s["name"] == "scifact_train")["holdout"]["fraction"]
