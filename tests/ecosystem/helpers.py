@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 # A few optimizer steps on the tiny model with every export kept; validation on the example sets.
@@ -49,3 +50,14 @@ def wandb_records(run_file: Path):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
             yield record
+
+
+def finished_wandb_records(run_file: Path, timeout: float = 60.0) -> list:
+    """The records of a finished offline run. ``wandb.finish()`` can return before wandb's service process has
+    written the file's tail (seen under load), so wait until the run's ``exit`` record is on disk."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(wandb_records(run_file))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)

@@ -10,7 +10,7 @@ import pytest
 
 from codiemb.training import train
 from codiemb.utils.resolvers import wandb_offline
-from tests.ecosystem.helpers import FAST, wandb_records
+from tests.ecosystem.helpers import FAST, finished_wandb_records
 
 EXPECTED_HISTORY = {"train/loss", "train/ir_loss", "train/sts_loss", "train/ir/infonce", "train/sts/pearson",
                     "lr-AdamW/pg1", "sampler/steps_ir", "sampler/steps_sts", "sampler/steps/support",
@@ -41,7 +41,8 @@ def test_many_loggers_record_losses_sampler_events_merge_and_media(compose_cfg, 
 
     (run_file,) = output.glob("wandb/offline-run-*/run-*.wandb")
     history, config, artifacts, media = set(), set(), [], set()
-    for record in wandb_records(run_file):
+    records = finished_wandb_records(run_file)
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history |= {item.key or "/".join(item.nested_key) for item in record.history.item}
@@ -51,7 +52,8 @@ def test_many_loggers_record_losses_sampler_events_merge_and_media(compose_cfg, 
             artifacts.append(record.artifact)
         elif kind == "files":
             media |= {f.path for f in record.files.files}
-    assert EXPECTED_HISTORY <= history, EXPECTED_HISTORY - history
+    kinds = sorted(r.WhichOneof("record_type") for r in records)
+    assert EXPECTED_HISTORY <= history, (EXPECTED_HISTORY - history, run_file.stat().st_size, kinds)
     # Media are history entries with typed sub-keys; their files are listed in a files record.
     assert {"merge/evaluation/_type", "merge/plots/_type"} <= history
     assert any(p.startswith("media/table/merge/evaluation") for p in media), media
