@@ -55,9 +55,14 @@ def wandb_records(run_file: Path):
 def finished_wandb_records(run_file: Path, timeout: float = 60.0) -> list:
     """The records of a finished offline run. ``wandb.finish()`` can return before wandb's service process has
     written the file's tail (seen under load), so wait until the run's ``exit`` record is on disk."""
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
-        records = list(wandb_records(run_file))
+        try:
+            records = list(wandb_records(run_file))
+        except DecodeError:  # a record cut off mid-write: read again
+            records = []
         if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.2)
