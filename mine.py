@@ -1,9 +1,15 @@
 """Mine hard negatives: `python mine.py input.path=<data> input.format=<fmt> output=<file.jsonl>`."""
 
+import os
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import codiemb.utils.resolvers  # noqa: F401  (registers the resolvers the configs use)
+
+
+# Paths in the configs are relative to this directory (configs/paths/default.yaml).
+os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="mine")

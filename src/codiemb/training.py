@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -16,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from codiemb.callbacks.checkpoint import INITIAL, PeriodicExport
 from codiemb.errors import ConfigError
 from codiemb.mined_data import resolve_mined_specs
-from codiemb.utils.summary import print_summary
+from codiemb.outputs import finish_loggers, publish_run, run_merge_stage, score_merged
+from codiemb.preflight import preflight
+from codiemb.utils.precision import resolve_trainer_precision
+from codiemb.utils.summary import print_summary, write_summary
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +34,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job. Returns the final metrics (floats) plus the output locations."""
     started = time.perf_counter()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers
+    # The whole config first (numbers, loggers, merge, eval sets, model availability), then the data: a bad
+    # setting or row fails here, before any model weights load.
+    notes = preflight(cfg, user_overrides())
+    precision_line = choose_trainer_precision(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    # Data first: a bad row or an impossible batch size fails here, before any model weights load.
     ckpt_path = resolve_ckpt_path(cfg)
     prepare_mined_data(cfg)
     datamodule = instantiate(cfg.data)
@@ -60,15 +65,37 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     output_dir = Path(cfg.paths.output_dir)
     export = next((c for c in callbacks if isinstance(c, PeriodicExport)), None)
-    result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir), "data": datamodule.load_report}
+    result: dict[str, Any] = {"metrics": metrics, "output_dir": str(output_dir), "data": datamodule.load_report,
+                              "precision": precision_line, "warnings": notes}
     if export is not None:
         result["exports"] = [str(p) for p in export.all_exports()]
         result["merged"] = run_merge_stage(cfg, export.dirpath / INITIAL, export.all_exports(), output_dir)
+        metrics.update(score_merged(cfg, result["merged"]))  # the delivered model, scored like the last step
         publish_run(cfg, trainer, module, result)
     result["wall_time_s"] = time.perf_counter() - started
+    write_summary(result, output_dir, user_overrides())
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result
+
+
+def user_overrides() -> list[str]:
+    """The command line's overrides (``merge.lam=0.5`` ...) when running under Hydra, else none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def choose_trainer_precision(cfg: DictConfig) -> str:
+    """``trainer.precision=auto`` becomes bf16-mixed or 32-true for this machine (codiemb.utils.precision)."""
+    value, line = resolve_trainer_precision(cfg.trainer.get("precision", "32-true"),
+                                            cfg.trainer.get("accelerator", "cpu"))
+    with open_dict(cfg):
+        cfg.trainer.precision = value
+    log.info("precision: %s", line)
+    return line
 
 
 def prepare_mined_data(cfg: DictConfig) -> None:
@@ -119,84 +146,3 @@ def check_cross_device(cfg: DictConfig, world_size: int) -> None:
             raise ConfigError(f"loss.{task}.cross_device=true gathers negatives across processes but this run has "
                               f"one process; set loss.{task}.cross_device=false or train with a distributed trainer "
                               "(trainer=ddp, trainer.devices>1)")
-
-
-def run_merge_stage(cfg: DictConfig, base: Path, checkpoints: list[Path], output_dir: Path) -> str | None:
-    """Merge the run's periodic exports (initial weights as base) into ``<run>/merged``; ``merge=none`` skips."""
-    merge_cfg = cfg.get("merge")
-    if not merge_cfg or merge_cfg.get("method", "none") == "none" or not checkpoints:
-        return None
-    from codiemb.merge.api import merge_from_config
-
-    output = output_dir / "merged"
-    sets = (cfg.get("val") or {}).get("sets") or []
-    evaluate_fn = validation_scorer(sets) if sets else None
-    merge_from_config(merge_cfg, base=base, checkpoints=checkpoints, output=output, evaluate_fn=evaluate_fn)
-    return str(output)
-
-
-def validation_scorer(sets):
-    """``model_dir -> {"val/<metric>": value}`` on the validation sets: feeds merge.evaluate and greedy soup."""
-    from codiemb.eval.runner import evaluate_model_dir
-
-    def score(model_dir: str) -> dict[str, float]:
-        return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
-    return score
-
-
-def publish_run(cfg: DictConfig, trainer: L.Trainer, module, result: dict[str, Any]) -> None:
-    """Final model cards (data, losses, merge, evaluation) for the last export and the merged model; the merge
-    event, its evaluation and plots for the loggers (W&B: table, images and an artifact)."""
-    from codiemb.merge.report import REPORT_JSON
-    from codiemb.models.card import update_model_card
-    from codiemb.models.lora import lora_summary
-
-    merged = Path(result["merged"]) if result.get("merged") else None
-    report = json.loads((merged / REPORT_JSON).read_text()) if merged and (merged / REPORT_JSON).is_file() else {}
-    rows = (report.get("evaluation") or {}).get("rows") or []
-    final_val = {k[4:]: v for k, v in result["metrics"].items() if k.startswith("val/") and k.count("/") == 1}
-    card = {"datasets": {n: {"task": i.get("task"), "rows": i.get("rows")} for n, i in result["data"].items()},
-            "task_mix": cfg.data.get("task_mix"), "lora": lora_summary(module.encoder.backbone),
-            "losses": {t: OmegaConf.to_container(cfg.loss[t], resolve=True) for t in ("ir", "sts") if t in cfg.loss},
-            "training": {"optimizer steps": trainer.global_step, "learning rate": cfg.module.get("lr")}}
-    if result.get("exports"):
-        update_model_card(result["exports"][-1], **card, evaluation={"this model": final_val} if final_val else None)
-    if merged:
-        evaluation = {row["model"]: {k: v for k, v in row.items() if k != "model"} for row in rows}
-        update_model_card(merged, **card, merge={"method": report.get("method"), **(report.get("options") or {})},
-                          evaluation=evaluation or None)
-        log_merge_event(trainer.loggers, trainer.global_step, merged, report, rows)
-
-
-def log_merge_event(loggers, step: int, merged: Path, report: dict, rows: list[dict]) -> None:
-    """``events/merge`` and the merged model's scores as metrics; on W&B also the table, plots and report file."""
-    metrics = {"events/merge": 1.0, "merge/unchanged_fraction": float(report.get("summary", {}).get(
-        "unchanged_fraction", 0.0))}
-    merged_row = next((r for r in rows if str(r["model"]).startswith("merged")), {})
-    metrics.update({f"merge/{k}": float(v) for k, v in merged_row.items() if isinstance(v, (int, float))})
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-        logger.save()
-        if type(logger).__name__ != "WandbLogger":
-            continue
-        import wandb
-
-        if rows:
-            columns = list(dict.fromkeys(k for row in rows for k in row))
-            logger.log_table("merge/evaluation", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-        images = sorted(merged.glob("*.png"))
-        if images:
-            logger.log_image("merge/plots", images=[str(p) for p in images])
-        artifact = wandb.Artifact(f"merge-report-{logger.experiment.id}", type="merge_report")
-        for file in [merged / "merge_report.json", merged / "README.md", *images]:
-            if file.is_file():
-                artifact.add_file(str(file))
-        logger.experiment.log_artifact(artifact)
-
-
-def finish_loggers(loggers) -> None:
-    """Close W&B runs: the next run in this process (an Optuna trial) must start its own, not reuse this one."""
-    if any(type(logger).__name__ == "WandbLogger" for logger in loggers):
-        import wandb
-
-        wandb.finish()

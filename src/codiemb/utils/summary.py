@@ -1,13 +1,21 @@
-"""The end-of-run summary: where everything went, in one screen."""
+"""The end-of-run summary: where everything went, in one screen, and the same facts in ``summary.json``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from codiemb.utils.atomic import atomic_write_text
 
-def print_summary(result: dict[str, Any]) -> None:
+SUMMARY_JSON = "summary.json"
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
     lines = ["", "=" * 72, "codiemb: training finished", "=" * 72,
              f"run directory      {result['output_dir']}"]
+    if result.get("precision"):
+        lines.append(f"precision          {result['precision']}")
     for name, info in result.get("data", {}).items():
         skipped = sum(info["skipped"].values())
         lines.append(f"data {name:<14}{info['task']}, {info['rows']} rows" + (f", {skipped} skipped" if skipped else ""))
@@ -17,10 +25,46 @@ def print_summary(result: dict[str, Any]) -> None:
         lines.append(f"final model        {exports[-1]}")
     if result.get("merged"):
         lines.append(f"merged model       {result['merged']}  (load with SentenceTransformer(dir))")
-    for key in sorted(result.get("metrics", {})):
-        if key == "train/loss" or (key.startswith("val/") and key.count("/") == 1):  # per-set values: see the logger
-            lines.append(f"{key:<19}{result['metrics'][key]:.4f}")
+    metrics = result.get("metrics", {})
+    for key in sorted(metrics):
+        if key == "train/loss":
+            lines.append(f"{key:<19}{metrics[key]:.4f}")
+        elif key.startswith("val/") and key.count("/") == 1:  # per-set values: see the logger
+            lines.append(f"{key:<23}{metrics[key]:.4f}  (last step)")
+    for key in sorted(metrics):
+        if key.startswith("merge/val/") and key.count("/") == 2:
+            lines.append(f"{key:<23}{metrics[key]:.4f}  (merged model: the one delivered)")
+    for warning in result.get("warnings") or []:
+        lines.append(f"warning            {warning}")
     if "wall_time_s" in result:
         lines.append(f"wall time          {result['wall_time_s']:.1f} s")
     lines.append("=" * 72)
-    print("\n".join(lines), flush=True)
+    return lines
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    print("\n".join(summary_lines(result)), flush=True)
+
+
+def write_summary(result: dict[str, Any], output_dir: str | Path, overrides: list[str] | None = None) -> Path:
+    """``<run dir>/summary.json``: metrics, outputs and the command-line overrides (read by sweep tables)."""
+    path = Path(output_dir) / SUMMARY_JSON
+    payload = {k: v for k, v in result.items() if k != "data"}
+    payload["data"] = {name: {"task": info.get("task"), "rows": info.get("rows")}
+                       for name, info in (result.get("data") or {}).items()}
+    payload["overrides"] = list(overrides or [])
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+    return path
+
+
+def objective(result: dict[str, Any] | None, key: str | None) -> float | None:
+    """The value a Hydra sweeper optimises. ``merge/val/<m>`` is the delivered (merged) model's score; a run
+    without a merged model (``merge=none``) delivers its last step, so its ``val/<m>`` stands in."""
+    if not result or not key:
+        return None
+    metrics = result.get("metrics", {})
+    if key in metrics:
+        return float(metrics[key])
+    if key.startswith("merge/") and key[len("merge/"):] in metrics and not result.get("merged"):
+        return float(metrics[key[len("merge/"):]])
+    return None

@@ -1,0 +1,86 @@
+"""``precision: auto``: bf16 where the hardware computes it natively, fp32 elsewhere.
+
+One function decides for training (``trainer.precision``), mining (``mine.precision``) and evaluation
+(``eval precision``). Why it matters: on a CPU with AVX-512 BF16 or AMX, bf16 autocast runs MiniLM about 2x
+faster than fp32; on a CPU without them (AVX2 only, or AVX-512 without the BF16 extension) oneDNN emulates
+bf16 and the same forward pass is about 6x *slower* than fp32 (BENCHMARKS.md, "Precision"). So the choice is
+made from what torch reports about the CPU it runs on, never from the machine the defaults were written on:
+
+* CUDA: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer), else fp32.
+* CPU: bf16 when torch reports the AVX-512 BF16 or the AMX tile instructions, else fp32.
+
+Explicit values (``32-true``, ``bf16-mixed``, ``fp32``, ``bf16`` ...) are never changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    bf16: bool
+    reason: str
+
+    def lightning(self) -> str:
+        """The value for ``lightning.Trainer(precision=...)``."""
+        return "bf16-mixed" if self.bf16 else "32-true"
+
+    def short(self) -> str:
+        """The value mining and evaluation take (``bf16`` | ``fp32``)."""
+        return "bf16" if self.bf16 else "fp32"
+
+    def describe(self) -> str:
+        return f"{self.short()} ({self.reason})"
+
+
+def cpu_bf16_features() -> dict[str, bool]:
+    """What torch reports about native bf16 support on this CPU."""
+    probes = {"avx512_bf16": "_is_avx512_bf16_supported", "amx": "_is_amx_tile_supported"}
+    found = {}
+    for name, attr in probes.items():
+        fn = getattr(torch.cpu, attr, None)
+        found[name] = bool(fn()) if callable(fn) else False
+    return found
+
+
+def choose_precision(accelerator: str = "cpu") -> PrecisionChoice:
+    """bf16 where ``accelerator`` computes it natively, fp32 otherwise; the reason names what was found."""
+    accelerator = str(accelerator or "cpu").lower()
+    wants_cuda = accelerator in ("gpu", "cuda") or (accelerator == AUTO and torch.cuda.is_available())
+    if wants_cuda and torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            return PrecisionChoice(True, f"CUDA device {torch.cuda.get_device_name(0)} supports bf16")
+        return PrecisionChoice(False, f"CUDA device {torch.cuda.get_device_name(0)} has no bf16 support")
+    capability = torch.backends.cpu.get_cpu_capability()
+    features = cpu_bf16_features()
+    native = [name for name, present in features.items() if present]
+    if native:
+        return PrecisionChoice(True, f"CPU {capability} with native bf16 ({', '.join(native)})")
+    return PrecisionChoice(False, f"CPU {capability} without native bf16 (no AVX-512 BF16/AMX): "
+                                  "bf16 would be emulated and several times slower")
+
+
+def resolve_trainer_precision(value, accelerator: str = "cpu") -> tuple[str | int, str]:
+    """``trainer.precision``: ``auto`` becomes ``bf16-mixed`` or ``32-true``; other values pass unchanged.
+    Returns the value and a line for the log and the run summary."""
+    if str(value) != AUTO:
+        return value, f"{value} (set explicitly)"
+    choice = choose_precision(accelerator)
+    return choice.lightning(), f"{choice.lightning()} (auto: {choice.reason})"
+
+
+def resolve_short_precision(value: str | None, accelerator: str = "cpu") -> str:
+    """Mining and evaluation: ``auto`` (or None) becomes ``bf16`` or ``fp32``; explicit values pass unchanged."""
+    if value is None or str(value) == AUTO:
+        choice = choose_precision(accelerator)
+        log.info("precision auto -> %s", choice.describe())
+        return choice.short()
+    return str(value)
