@@ -22,7 +22,8 @@ def main(cfg: DictConfig) -> dict:
 
     return run_eval(cfg.model_path, cfg.eval.sets, cfg.paths.output_dir, compare_with=cfg.get("compare_with"),
                     batch_size=cfg.batch_size, geometry=cfg.report.geometry,
-                    geometry_max_pairs=cfg.report.max_pairs, device=cfg.get("device"))
+                    geometry_max_pairs=cfg.report.max_pairs, device=cfg.get("device"),
+                    precision=cfg.get("precision", "auto"))
 
 
 if __name__ == "__main__":

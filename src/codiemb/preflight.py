@@ -199,10 +199,23 @@ def _hub_config_available(repo_id: str) -> bool:
             return True
     except Exception:  # noqa: BLE001 - an odd repo id is decided by the download attempt below
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _hub_reachable():
         return False
     try:
         hf_hub_download(repo_id, "config.json", etag_timeout=5)
     except Exception:  # noqa: BLE001 - no network, unknown repo, gated repo: all mean "not available here"
         return False
     return True
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub's host: no network fails here in milliseconds, not after HTTP retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False

@@ -51,7 +51,7 @@ def format_runs(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
     body = []
     for row in rows:
         metrics = row.get("metrics") or {}
-        cells = [row["job"], " ".join(row["overrides"]) or "-"]
+        cells = [row["job"], " ".join(_short(o) for o in row["overrides"]) or "-"]
         cells += [f"{metrics[c]:.4f}" if c in metrics else ("-" if row["status"] == "ok" else row["status"])
                   for c in columns]
         cells.append(f"{row['wall_time_s']:.0f}" if row.get("wall_time_s") else "-")
@@ -59,6 +59,15 @@ def format_runs(rows: list[dict[str, Any]], columns=COLUMNS) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     return "\n".join(lines)
+
+
+def _short(override: str) -> str:
+    """``module.lr=2.723675053410031e-05`` -> ``module.lr=2.724e-05`` (Optuna's samples are long floats)."""
+    key, sep, value = override.partition("=")
+    try:
+        return f"{key}={float(value):.4g}" if sep and ("." in value or "e" in value) else override
+    except ValueError:
+        return override
 
 
 class SweepSummary(Callback):

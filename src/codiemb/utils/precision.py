@@ -84,3 +84,12 @@ def resolve_short_precision(value: str | None, accelerator: str = "cpu") -> str:
         log.info("precision auto -> %s", choice.describe())
         return choice.short()
     return str(value)
+
+
+def autocast_dtype(short: str) -> torch.dtype | None:
+    """``bf16`` -> ``torch.bfloat16`` (autocast), ``fp32`` -> None (no autocast)."""
+    if short not in ("bf16", "fp32"):
+        from codiemb.errors import ConfigError
+
+        raise ConfigError(f"precision must be one of auto, bf16, fp32; got {short!r}")
+    return torch.bfloat16 if short == "bf16" else None
