@@ -12,11 +12,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from codiemb.callbacks.checkpoint import INITIAL, PeriodicExport
+from codiemb.callbacks.checkpoint import PeriodicExport
 from codiemb.errors import ConfigError
 from codiemb.mined_data import resolve_mined_specs
 from codiemb.outputs import finish_loggers, publish_run, run_merge_stage, score_merged
 from codiemb.preflight import preflight
+from codiemb.resume import checkpoint_dir, open_run, resolve_ckpt_path  # noqa: F401  (used by tests)
 from codiemb.utils.precision import resolve_trainer_precision
 from codiemb.utils.summary import print_summary, write_summary
 
@@ -36,19 +37,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers
     # The whole config first (numbers, loggers, merge, eval sets, model availability), then the data: a bad
     # setting or row fails here, before any model weights load.
+    drop_duplicate_lightning_console()
     notes = preflight(cfg, user_overrides())
     precision_line = choose_trainer_precision(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    ckpt_path = resolve_ckpt_path(cfg)
+    session = open_run(cfg)  # lock the run directory; find, read and check the checkpoint to resume from
+    if session.finished is not None:  # resume=auto on a finished run: nothing to do, nothing changed
+        session.close()
+        return session.finished
+    notes.extend(session.notes)
+    session.notes, ckpt_path = notes, session.ckpt_path
     prepare_mined_data(cfg)
     datamodule = instantiate(cfg.data)
     datamodule.load()
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
+    session.prepare_loggers(loggers)  # a resume continues the metrics history
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_cross_device(cfg, trainer.num_devices * trainer.num_nodes)
-    datamodule.build_sampler(world_size=trainer.num_devices * trainer.num_nodes)
+    sampler = datamodule.build_sampler(world_size=trainer.num_devices * trainer.num_nodes)
+    session.check_sampler(sampler.state_dict(), allow_changes=bool(cfg.get("resume_allow_changes")))
 
     module = instantiate(cfg.module)
     datamodule.attach_tokenizer(module.encoder.tokenizer, module.encoder.settings())
@@ -58,6 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(hyperparameters)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    session.after_fit(trainer, cfg)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.is_global_zero:
         finish_loggers(trainer.loggers)
@@ -69,14 +79,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                               "precision": precision_line, "warnings": notes}
     if export is not None:
         result["exports"] = [str(p) for p in export.all_exports()]
-        result["merged"] = run_merge_stage(cfg, export.dirpath / INITIAL, export.all_exports(), output_dir)
+        result["merged"] = run_merge_stage(cfg, export.base(), export.all_exports(), output_dir)
         metrics.update(score_merged(cfg, result["merged"]))  # the delivered model, scored like the last step
         publish_run(cfg, trainer, module, result)
     result["wall_time_s"] = time.perf_counter() - started
     write_summary(result, output_dir, user_overrides())
+    session.finish(cfg, trainer, result)  # checkpoints/finished.json; releases the run directory
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result
+
+
+def drop_duplicate_lightning_console() -> None:
+    """``import lightning`` gives the "lightning" logger a console handler of its own that also propagates to the
+    root logger, so under Hydra (root: console + train.log) every Lightning INFO line printed twice."""
+    if not logging.getLogger().handlers:
+        return
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
 
 
 def user_overrides() -> list[str]:
@@ -109,40 +131,15 @@ def prepare_mined_data(cfg: DictConfig) -> None:
         cfg.data.datasets = resolve_mined_specs(specs, model, rank)
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """Where Lightning's ``.ckpt`` files of this run go (the ``model_checkpoint`` callback's ``dirpath``)."""
-    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
-    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-
-
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path=<file>`` resumes from that file; ``resume=auto`` from the run directory's ``last.ckpt`` when
-    there is one (so the same command both starts a run and continues it after a crash)."""
-    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
-    if ckpt_path:
-        if not Path(ckpt_path).is_file():
-            raise ConfigError(f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
-                              "<run dir>/checkpoints/last.ckpt, or use resume=auto with hydra.run.dir=<run dir>")
-        return str(ckpt_path)
-    if resume is None:
-        return None
-    if resume != "auto":
-        raise ConfigError(f"resume={resume} is not understood; use resume=auto (with hydra.run.dir=<run dir>) "
-                          "or ckpt_path=<file.ckpt>")
-    last = checkpoint_dir(cfg) / "last.ckpt"
-    if last.is_file():
-        log.info("resume=auto: continuing from %s", last)
-        return str(last)
-    log.info("resume=auto: no %s yet, starting from the beginning", last)
-    return None
-
-
 def check_cross_device(cfg: DictConfig, world_size: int) -> None:
-    """Cross-device negatives need several processes; with one they would silently be ordinary in-batch ones."""
+    """Cross-device negatives need several processes; with one they would silently be ordinary in-batch ones.
+
+    ``cross_device: auto`` (the IR default) gathers whenever the world size is above 1 (DDP, FSDP, DeepSpeed)
+    and is a no-op with one process; only an explicit ``true`` with one process is an error."""
     if world_size > 1:
         return
     for task in ("ir", "sts"):
-        if ((cfg.get("loss") or {}).get(task) or {}).get("cross_device"):
+        if ((cfg.get("loss") or {}).get(task) or {}).get("cross_device") is True:
             raise ConfigError(f"loss.{task}.cross_device=true gathers negatives across processes but this run has "
                               f"one process; set loss.{task}.cross_device=false or train with a distributed trainer "
                               "(trainer=ddp, trainer.devices>1)")

@@ -49,8 +49,13 @@ class ValidationCallback(L.Callback):
         if step == 0 or step % self.every_n_steps or step == self._last_step or not self.sets:
             return
         metrics = self._run(pl_module, step)
+        # To the loggers at the step measured (self.log would wait for the next log_every_n_steps flush, and a
+        # value measured after the last flush of a run would never reach them) ...
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+        # ... and to callback_metrics / the progress bar only (ModelCheckpoint's monitor, early stopping).
         for key, value in metrics.items():
-            pl_module.log(key, value, on_step=True, on_epoch=False, prog_bar=key == "val/mean",
+            pl_module.log(key, value, on_step=True, on_epoch=False, prog_bar=key == "val/mean", logger=False,
                           sync_dist=False, rank_zero_only=False)
 
     def on_train_end(self, trainer, pl_module):
