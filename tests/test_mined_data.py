@@ -15,6 +15,7 @@ from codiemb.errors import ConfigError
 from codiemb.data.holdout import is_held_out
 from codiemb.mined_data import ENCODER_KEYS, resolve_mined_specs
 from codiemb.training import train
+from codiemb.utils.precision import resolve_short_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = str(ROOT / "data" / "example" / "ir_support.jsonl")
@@ -61,7 +62,10 @@ def test_first_use_mines_like_mine_dataset_then_reads_the_cache(tmp_path, tiny_m
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert all(len(r["negatives"]) == 2 and not set(r["negatives"]) & set(r["positives"]) for r in rows)
     meta = json.loads((tmp_path / "mined" / "support.jsonl.meta.json").read_text())
-    assert meta["options"] == OPTIONS and meta["input"] == {"format": "jsonl", "path": SUPPORT}
+    # precision: auto is recorded as what it resolved to on this machine (bf16 and fp32 caches differ)
+    resolved_precision = resolve_short_precision("auto", "cpu")
+    assert meta["options"] == {**OPTIONS, "precision": resolved_precision}
+    assert meta["input"] == {"format": "jsonl", "path": SUPPORT}
 
 
 def test_a_matching_cache_is_reused_and_a_changed_option_mines_again(tmp_path, tiny_model, monkeypatch):
@@ -102,5 +106,29 @@ def test_train_mines_then_trains_on_the_mined_rows(compose_cfg, tmp_path):
 
 
 def test_an_unknown_mining_precision_is_refused(tmp_path, tiny_model):
-    with pytest.raises(ConfigError, match=r"^mining precision must be one of \['bf16', 'fp32'\], got 'fp16'$"):
+    with pytest.raises(ConfigError, match=r"^mining precision must be one of \['auto', 'bf16', 'fp32'\], got 'fp16'$"):
         resolve_mined_specs([spec(tmp_path / "m.jsonl", precision="fp16")], tiny_model)
+
+
+def test_a_cache_whose_meta_write_failed_is_never_read_as_current(tmp_path, tiny_model, monkeypatch):
+    """Options X mined and cached; options Y mine again but die before their meta is written. The file now
+    holds Y's negatives beside X's meta: a later run with X must mine again, not read Y's rows as X's."""
+    import codiemb.mined_data as mined_data
+
+    calls = count_mining(monkeypatch)
+    out = tmp_path / "support.jsonl"
+    resolve_mined_specs([spec(out)], tiny_model)
+    first = out.read_text()
+    real_write = mined_data.atomic_write_text
+
+    def failing_meta(path, text):
+        if str(path).endswith(".meta.json"):
+            raise OSError("disk full")
+        return real_write(path, text)
+    monkeypatch.setattr(mined_data, "atomic_write_text", failing_meta)
+    with pytest.raises(OSError, match="disk full"):
+        resolve_mined_specs([spec(out, num_negatives=1)], tiny_model)
+    monkeypatch.setattr(mined_data, "atomic_write_text", real_write)
+    assert len(calls) == 2 and out.read_text() != first  # Y's rows are in the file, X's meta beside it
+    resolve_mined_specs([spec(out)], tiny_model)
+    assert len(calls) == 3 and out.read_text() == first  # mined again with X

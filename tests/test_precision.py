@@ -70,7 +70,7 @@ def test_auto_in_the_default_trainer_config_is_resolved_before_lightning_sees_it
 def test_unknown_short_precision_is_refused():
     from codiemb.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="precision must be one of auto, bf16, fp32"):
+    with pytest.raises(ConfigError, match=r"precision must be one of \['auto', 'bf16', 'fp32'\], got 'fp16'"):
         P.autocast_dtype("fp16")
 
 

@@ -2,18 +2,20 @@
 
     - {name: scifact_train, task: ir, format: beir, path: .../scifact, split: train, holdout: {fraction: 0.1},
        mine: {output: "${paths.log_dir}/mined/scifact-train.jsonl", range_min: 10, range_max: 100,
-              num_negatives: 3, precision: bf16}}
+              num_negatives: 3, precision: auto}}
 
 The first run mines with the model it is about to train (its initial weights, as sentence-transformers'
 recipes do; ``mine.model`` picks another) and writes ``output`` plus ``output.meta.json`` (input, model and
-options). Later runs read the cache. A cache whose meta differs from the spec is mined again, so a changed
-option never silently reuses stale negatives. The spec then loads like any unified JSONL dataset, with its
+options, and the sha256 of the file it describes). Later runs read the cache. A cache whose meta differs from
+the spec, or whose file is not the one the meta hashed (a run that died between writing the file and its meta),
+is mined again, so a changed option never silently reuses stale negatives. The spec then loads like any unified JSONL dataset, with its
 ``holdout`` and ``max_rows`` applied after mining (mining sees every query; only training drops some).
 Kept out of :mod:`codiemb.data` because mining needs the model and the data room never imports it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import Any, Sequence
 
 from codiemb.errors import ConfigError
 from codiemb.utils.atomic import atomic_write_text
+from codiemb.utils.precision import resolve_short_precision
+from codiemb.utils.timing import stage
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,8 @@ def ensure_mined(spec: dict, *, model: dict, rank: int = 0) -> dict:
         raise ConfigError(f"dataset '{name}': a mine block needs 'output' (the cache file to write)")
     output = Path(options.pop("output"))
     model_path = options.pop("model", None) or model["name_or_path"]
+    # The precision actually used goes into the meta: a cache mined in bf16 is not reused as fp32's.
+    options["precision"] = resolve_short_precision(options.get("precision"), "cpu", "mining precision")
     encoder_options = {k: model[k] for k in ENCODER_KEYS if model.get(k) is not None}
     reader_options = {k: v for k, v in spec.items() if k not in LOADING_KEYS}
     meta = {"input": reader_options, "model": model_path, "encoder": encoder_options, "options": options}
@@ -59,21 +65,36 @@ def ensure_mined(spec: dict, *, model: dict, rank: int = 0) -> dict:
                               "or python mine.py) so every rank reads the same file")
         from codiemb.mining import mine_dataset  # imports the model stack only when mining is needed
 
-        log.info("dataset '%s': mining hard negatives into %s (cached for later runs)", name, output)
         inputs = dict(reader_options)
-        mine_dataset(model_path=model_path, encoder_options=encoder_options, input_format=inputs.pop("format"),
-                     input_path=str(inputs.pop("path")), split=inputs.pop("split", None), name=name,
-                     reader_options=inputs, output=str(output), show_progress=False, **options)
-        atomic_write_text(meta_file, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        with stage(f"dataset '{name}': mining hard negatives into {output} (cached for later runs)"):
+            mine_dataset(model_path=model_path, encoder_options=encoder_options, input_format=inputs.pop("format"),
+                         input_path=str(inputs.pop("path")), split=inputs.pop("split", None), name=name,
+                         reader_options=inputs, output=str(output), show_progress=True, **options)
+        # The meta names the exact bytes it describes: if this write fails or the process dies first, the old
+        # meta no longer matches the new file, so no later run can take these negatives for another option's.
+        atomic_write_text(meta_file, json.dumps({**meta, "sha256": _sha256(output)}, indent=1, sort_keys=True)
+                          + "\n")
     else:
         log.info("dataset '%s': reading mined hard negatives from %s", name, output)
     return {**{k: spec[k] for k in LOADING_KEYS if k in spec}, "format": "jsonl", "path": str(output)}
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _cache_matches(output: Path, meta_file: Path, meta: dict[str, Any]) -> bool:
+    """The cache is current only if its meta has these options *and* the hash of the file beside it."""
     if not (output.is_file() and meta_file.is_file()):
         return False
     try:
-        return json.loads(meta_file.read_text()) == json.loads(json.dumps(meta, sort_keys=True))
-    except json.JSONDecodeError:
+        stored = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    if not isinstance(stored, dict) or stored.pop("sha256", None) != _sha256(output):
+        return False
+    return stored == json.loads(json.dumps(meta, sort_keys=True))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from codiemb.errors import ConfigError
 from codiemb.eval import geometry as geo
 from codiemb.eval.report import write_results
 from codiemb.eval.runner import evaluate, summarize
@@ -28,24 +29,63 @@ def model_label(path: str, taken: set[str]) -> str:
     return label
 
 
+_EXPORTED = "an exported model directory such as <run dir>/merged or <run dir>/checkpoints/step_XXXXXX, or a hub name"
+
+
+def check_model_path(path: str, key: str = "model_path") -> None:
+    """Refuse, in one line and before anything loads, a ``model_path`` that cannot be a model: a missing path,
+    a file (a Lightning ``.ckpt`` included), a run directory or a directory without a model config."""
+    text = str(path)
+    if text.startswith("bundled:"):
+        return
+    local = Path(text).expanduser()
+    if not local.exists():
+        looks_local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or local.suffix in (".ckpt", ".pt")
+        if looks_local:
+            raise ConfigError(f"{key}={text} does not exist; point it at {_EXPORTED}")
+        return  # a hub name: loading says whether it exists
+    if local.is_file():
+        what = "a Lightning training checkpoint" if local.suffix == ".ckpt" else "a file"
+        raise ConfigError(f"{key}={text} is {what}, not a model; point it at {_EXPORTED}")
+    if (local / "config.json").is_file():
+        return
+    if (local / "merged").is_dir() or (local / "checkpoints").is_dir():
+        raise ConfigError(f"{key}={text} is a run directory, not a model; point it at {local / 'merged'} or one "
+                          f"of {local / 'checkpoints'}/step_XXXXXX")
+    raise ConfigError(f"{key}={text} is a directory without a model (no config.json); point it at {_EXPORTED}")
+
+
 def load_encoder(path: str, device: str | None = None):
     from codiemb.models.encoder import Encoder
-    encoder = Encoder.from_pretrained(str(path))
+    try:
+        encoder = Encoder.from_pretrained(str(path))
+    except OSError as exc:  # a hub name that does not exist (or cannot be fetched offline)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"model_path={path} is not a model that can be loaded: {reason}") from None
     return encoder.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str | None = None,
              batch_size: int = 64, geometry: bool = False, geometry_max_pairs: int = 2000,
-             device: str | None = None) -> dict:
-    """Evaluate; the base/reference model (``compare_with``) comes first so deltas read trained - base."""
+             device: str | None = None, precision: str | None = "fp32") -> dict:
+    """Evaluate; the base/reference model (``compare_with``) comes first so deltas read trained - base.
+    ``precision``: fp32 | bf16 | auto (bf16 where the device computes it natively, codiemb.utils.precision)."""
+    from codiemb.utils.precision import autocast_dtype, resolve_short_precision
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = resolve_short_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
+    encode_kwargs = {"autocast_dtype": autocast_dtype(chosen)}
     specs = parse_sets(sets)
     paths = ([compare_with] if compare_with else []) + [model_path]
+    for key, path in (("compare_with", compare_with), ("model_path", model_path)):
+        if path:
+            check_model_path(path, key)
     cache: dict = {}
     models, encoders = {}, {}
     for path in paths:
         label = model_label(path, set(models))
         encoder = load_encoder(path, device)
-        results = evaluate(encoder, specs, batch_size=batch_size, cache=cache)
+        results = evaluate(encoder, specs, batch_size=batch_size, cache=cache, **encode_kwargs)
         models[label] = {"path": str(path), "sets": results, "summary": summarize(results, specs)}
         encoders[label] = encoder
     extra = {}
@@ -56,6 +96,7 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
     print(table)
     if geometry:
         print(json.dumps(extra["geometry"], indent=1))
+    print(f"precision {chosen}; results written to {Path(output_dir).resolve()}", flush=True)
     return {"models": models, **extra}
 
 

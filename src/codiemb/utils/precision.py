@@ -77,19 +77,23 @@ def resolve_trainer_precision(value, accelerator: str = "cpu") -> tuple[str | in
     return choice.lightning(), f"{choice.lightning()} (auto: {choice.reason})"
 
 
-def resolve_short_precision(value: str | None, accelerator: str = "cpu") -> str:
-    """Mining and evaluation: ``auto`` (or None) becomes ``bf16`` or ``fp32``; explicit values pass unchanged."""
+SHORT = ("auto", "bf16", "fp32")
+
+
+def resolve_short_precision(value: str | None, accelerator: str = "cpu", what: str = "precision") -> str:
+    """Mining and evaluation: ``auto`` (or None) becomes ``bf16`` or ``fp32``; explicit values pass unchanged.
+    Anything else is refused (``what`` names the setting in the message)."""
     if value is None or str(value) == AUTO:
         choice = choose_precision(accelerator)
-        log.info("precision auto -> %s", choice.describe())
+        log.info("%s auto -> %s", what, choice.describe())
         return choice.short()
+    if str(value) not in SHORT:
+        from codiemb.errors import ConfigError
+
+        raise ConfigError(f"{what} must be one of {list(SHORT)}, got {value!r}")
     return str(value)
 
 
 def autocast_dtype(short: str) -> torch.dtype | None:
     """``bf16`` -> ``torch.bfloat16`` (autocast), ``fp32`` -> None (no autocast)."""
-    if short not in ("bf16", "fp32"):
-        from codiemb.errors import ConfigError
-
-        raise ConfigError(f"precision must be one of auto, bf16, fp32; got {short!r}")
-    return torch.bfloat16 if short == "bf16" else None
+    return torch.bfloat16 if resolve_short_precision(short) == "bf16" else None
