@@ -1,11 +1,13 @@
-"""fp32 vs bf16 on this CPU, side by side in one run: MiniLM encode throughput and the default run's step time.
+"""fp32 vs bf16 on this CPU, side by side in one run: MiniLM encode throughput and the whole default run.
 
-    OMP_NUM_THREADS=1 python bench/precision.py [--steps 6] [--full] [--out bench/results/precision]
+    OMP_NUM_THREADS=1 python bench/precision.py [--full auto 32-true bf16-mixed] [--out bench/results/precision]
+    # an AVX2-only CPU imitated on an AVX-512 one (torch and oneDNN limited to AVX2 kernels):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 python bench/precision.py
 
 * encode: all-MiniLM-L6-v2 on 64 SciFact abstracts at 256 tokens (the issue's probe), forward only, best of 3;
-* step: ``python train.py trainer.max_steps=N trainer.precision=<p>`` as a subprocess (the default data and
-  model), seconds per optimizer step from the run's own timing, model loading excluded;
-* ``--full``: the whole default ``python train.py`` with ``precision=auto`` (what a user runs), wall time.
+* ``--full``: the whole default ``python train.py`` (``trainer.precision=<p>``; ``auto`` is what a user gets),
+  as a subprocess: wall time, time inside ``train()``, steps. Per-step times on real batches, interleaved:
+  ``bench/step_time.py``.
 
 Prints ``torch.backends.cpu.get_cpu_capability()`` and what ``precision: auto`` chose beside every timing, and
 writes ``<out>/<capability>-<date>.json``. On CPUs without native bf16 (AVX2) the ratio inverts: bf16 is
@@ -62,6 +64,7 @@ def encode_seconds(texts: list[str]) -> dict[str, float]:
 
 
 def run_train(args: list[str], run_dir: Path) -> dict:
+    """The default ``python train.py`` (plus ``args``) as a subprocess: wall time, time inside train(), steps."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
@@ -70,32 +73,17 @@ def run_train(args: list[str], run_dir: Path) -> dict:
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"wall_s": wall, "train_wall_s": summary["wall_time_s"], "precision": summary.get("precision"),
-            "steps": _steps(run_dir)}
-
-
-def _steps(run_dir: Path) -> int:
-    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
-    return max(int(r["step"]) for r in rows if r.get("step"))
-
-
-def step_seconds(steps: int, out: Path) -> dict[str, dict]:
-    """Two short default runs, fp32 and bf16; the difference of 1 and N steps cancels model load and export."""
-    found = {}
-    for name, value in (("fp32", "32-true"), ("bf16", "bf16-mixed")):
-        common = ["trainer.precision=" + value, "merge=none", "callbacks.validation.on_train_end=false",
-                  "checkpoint_every_n_steps=0"]
-        one = run_train(["trainer.max_steps=1", *common], out / f"{name}-1")
-        many = run_train([f"trainer.max_steps={steps}", *common], out / f"{name}-{steps}")
-        found[name] = {"s_per_step": (many["train_wall_s"] - one["train_wall_s"]) / (steps - 1),
-                       "run_1_step_s": one["wall_s"], f"run_{steps}_steps_s": many["wall_s"]}
-    return found
+    steps = max(int(r["step"]) for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("step"))
+    return {"args": args, "wall_s": round(wall, 1), "train_wall_s": round(summary["wall_time_s"], 1),
+            "precision": summary.get("precision"), "steps": steps,
+            "merge/val/mean": summary["metrics"].get("merge/val/mean")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--full", action="store_true", help="also time the whole default `python train.py`")
+    parser.add_argument("--full", nargs="*", default=["auto"],
+                        help="trainer.precision values to time the whole default `python train.py` with "
+                             "(auto = what a user gets; e.g. --full auto 32-true bf16-mixed; none: skip)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "precision"))
     parser.add_argument("--scratch", default=str(ROOT / "logs" / "bench_precision"))
     args = parser.parse_args()
@@ -110,16 +98,14 @@ def main() -> None:
     record["encode_64_abstracts_s"] = enc
     print(f"[{capability}] encode 64 abstracts @256: fp32 {enc['fp32']:.2f} s, bf16 {enc['bf16']:.2f} s, "
           f"bf16/fp32 time ratio {enc['bf16'] / enc['fp32']:.2f}", flush=True)
-    steps = step_seconds(args.steps, scratch)
-    record["default_run_step"] = steps
-    print(f"[{capability}] default run, s/step: fp32 {steps['fp32']['s_per_step']:.2f}, "
-          f"bf16 {steps['bf16']['s_per_step']:.2f}, ratio {steps['bf16']['s_per_step'] / steps['fp32']['s_per_step']:.2f}",
-          flush=True)
-    if args.full:
-        full = run_train([], scratch / "full-auto")
-        record["default_run_full"] = full
-        print(f"[{capability}] full default `python train.py` ({full['precision']}): {full['wall_s']:.0f} s, "
-              f"{full['steps']} steps", flush=True)
+    runs = {}
+    for precision in args.full:
+        extra = [] if precision == "auto" else [f"trainer.precision={precision}"]
+        runs[precision] = run_train(extra, scratch / f"full-{precision}")
+        print(f"[{capability}] full default `python train.py {' '.join(extra)}` ({runs[precision]['precision']}): "
+              f"{runs[precision]['wall_s']:.0f} s wall, {runs[precision]['train_wall_s']:.0f} s in train(), "
+              f"{runs[precision]['steps']} steps, merge/val/mean {runs[precision]['merge/val/mean']}", flush=True)
+    record["default_run"] = runs
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     file = out / f"{capability}-{time.strftime('%Y%m%d-%H%M%S')}.json"

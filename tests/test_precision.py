@@ -14,6 +14,9 @@ from codiemb.utils import precision as P
 @pytest.fixture
 def cpu(monkeypatch):
     """Pretend to be a CPU with the given bf16 features and no GPU."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+
     def set_cpu(capability: str, avx512_bf16: bool, amx: bool):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -35,6 +38,20 @@ def test_auto_follows_what_torch_reports(cpu, capability, avx512_bf16, amx, expe
     assert value == expected
     assert capability in line and line.startswith(f"{expected} (auto: CPU {capability}")
     assert P.resolve_short_precision("auto") == ("bf16" if expected == "bf16-mixed" else "fp32")
+
+
+@pytest.mark.parametrize("env", [{"ONEDNN_MAX_CPU_ISA": "AVX2"}, {"DNNL_MAX_CPU_ISA": "avx512_core"}])
+def test_a_onednn_isa_cap_below_bf16_means_fp32(cpu, monkeypatch, env):
+    cpu("AVX512", True, True)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    value, line = P.resolve_trainer_precision("auto", "cpu")
+    assert value == "32-true" and "native bf16 present but unused" in line
+
+
+def test_torch_dispatching_avx2_kernels_means_fp32(cpu):
+    cpu("AVX2", True, True)  # what ATEN_CPU_CAPABILITY=avx2 gives on a CPU that has AMX
+    assert P.resolve_trainer_precision("auto", "cpu")[0] == "32-true"
 
 
 @pytest.mark.parametrize("explicit", ["32-true", "bf16-mixed", "16-mixed", 32])

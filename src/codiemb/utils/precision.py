@@ -7,7 +7,9 @@ bf16 and the same forward pass is about 6x *slower* than fp32 (BENCHMARKS.md, "P
 made from what torch reports about the CPU it runs on, never from the machine the defaults were written on:
 
 * CUDA: bf16 when ``torch.cuda.is_bf16_supported()`` (Ampere and newer), else fp32.
-* CPU: bf16 when torch reports the AVX-512 BF16 or the AMX tile instructions, else fp32.
+* CPU: bf16 when torch reports the AVX-512 BF16 or the AMX tile instructions and dispatches AVX-512 kernels
+  (``get_cpu_capability() == "AVX512"``; ``ATEN_CPU_CAPABILITY=avx2`` or ``ONEDNN_MAX_CPU_ISA=AVX2`` turn that
+  off, which is also how BENCHMARKS.md imitates an AVX2-only CPU on an AVX-512 one), else fp32.
 
 Explicit values (``32-true``, ``bf16-mixed``, ``fp32``, ``bf16`` ...) are never changed.
 """
@@ -15,6 +17,7 @@ Explicit values (``32-true``, ``bf16-mixed``, ``fp32``, ``bf16`` ...) are never 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +54,16 @@ def cpu_bf16_features() -> dict[str, bool]:
     return found
 
 
+# oneDNN ISA caps below AVX-512 BF16: with one of these set, oneDNN (which runs the bf16 matmuls) cannot use
+# the native instructions even where the CPU has them.
+_ONEDNN_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def _onednn_cap() -> str | None:
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.upper() if cap and cap.upper() in _ONEDNN_BELOW_BF16 else None
+
+
 def choose_precision(accelerator: str = "cpu") -> PrecisionChoice:
     """bf16 where ``accelerator`` computes it natively, fp32 otherwise; the reason names what was found."""
     accelerator = str(accelerator or "cpu").lower()
@@ -62,8 +75,13 @@ def choose_precision(accelerator: str = "cpu") -> PrecisionChoice:
     capability = torch.backends.cpu.get_cpu_capability()
     features = cpu_bf16_features()
     native = [name for name, present in features.items() if present]
-    if native:
+    cap = _onednn_cap()
+    if native and capability == "AVX512" and not cap:
         return PrecisionChoice(True, f"CPU {capability} with native bf16 ({', '.join(native)})")
+    if native:  # the CPU has them, but torch/oneDNN were told not to use AVX-512 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA)
+        limit = f"ONEDNN_MAX_CPU_ISA={cap}" if cap else f"torch dispatching {capability} kernels"
+        return PrecisionChoice(False, f"CPU {capability}: native bf16 present but unused ({limit}), so bf16 "
+                                      "would be emulated and several times slower")
     return PrecisionChoice(False, f"CPU {capability} without native bf16 (no AVX-512 BF16/AMX): "
                                   "bf16 would be emulated and several times slower")
 
