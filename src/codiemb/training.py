@@ -53,7 +53,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.load()
     callbacks, loggers = instantiate_group(cfg.get("callbacks")), instantiate_group(cfg.get("logger"))
-    session.prepare_loggers(loggers)  # a resume continues the metrics history
+    session.prepare(callbacks, loggers)  # a resume continues the merge set and the metrics history
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     check_cross_device(cfg, trainer.num_devices * trainer.num_nodes)
     sampler = datamodule.build_sampler(world_size=trainer.num_devices * trainer.num_nodes)

@@ -23,17 +23,24 @@ def export_name(step: int) -> str:
 
 
 class PeriodicExport(L.Callback):
-    """Export ``pl_module.encoder`` every ``every_n_steps`` optimizer steps and at the end of training.
+    """Export ``pl_module.encoder`` every ``every_n_steps`` optimizer steps (0: never), at the end of every
+    ``every_n_epochs``-th epoch (0: never; 1 = the official release's ``save_strategy epoch``) and at the end of
+    training.
 
     Every export is kept (the merge stage needs them all); each is written atomically.
     """
 
-    def __init__(self, dirpath: str, every_n_steps: int = 50, export_initial: bool = True):
+    def __init__(self, dirpath: str, every_n_steps: int = 50, export_initial: bool = True, every_n_epochs: int = 0):
         self.dirpath = Path(dirpath)
-        self.every_n_steps = int(every_n_steps)
+        self.every_n_steps = int(every_n_steps or 0)
+        self.every_n_epochs = int(every_n_epochs or 0)
         self.export_initial = export_initial
         self.exported: list[Path] = []
         self.initial: Path | None = None
+        self.carried: list[Path] = []  # exports made before a resume (possibly in another run directory)
+        self._restored: dict | None = None
+        self._start_step = 0  # the step a resume started from
+        self._ran_here = False  # False in the main process of a spawning strategy (ddp_spawn): it trains elsewhere
         self._last_step = -1
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path:
@@ -47,8 +54,23 @@ class PeriodicExport(L.Callback):
         trainer.strategy.barrier("codiemb_export")
         return path
 
+    def adopt(self, state: dict | None, ckpt_path: str, step: int) -> None:
+        """Take the merge base and earlier exports of the checkpoint a resume starts from (``state`` is this
+        callback's :meth:`state_dict` in it), wherever they are."""
+        initial, self.carried = carried_exports(state, ckpt_path, step)
+        if initial is not None:
+            self.initial = initial
+        self._start_step = int(step)
+        if any(p.name == export_name(step) for p in self.carried):
+            self._last_step = int(step)
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if self.export_initial and not (self.dirpath / INITIAL).exists():  # a resumed run keeps its base
+        self._ran_here = True
+        if trainer.ckpt_path:  # a resume: the base and earlier exports are the checkpoint's
+            self.adopt(self._restored, trainer.ckpt_path, trainer.global_step)
+        if self.initial is not None:
+            return
+        if self.export_initial and not (self.dirpath / INITIAL).exists():
             self.initial = self._export(trainer, pl_module, INITIAL)
         elif (self.dirpath / INITIAL).exists():
             self.initial = self.dirpath / INITIAL
@@ -56,6 +78,12 @@ class PeriodicExport(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._save_step(trainer, pl_module, step)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        step = trainer.global_step
+        if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0 \
+                and step > 0 and step != self._last_step:
             self._save_step(trainer, pl_module, step)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -67,8 +95,57 @@ class PeriodicExport(L.Callback):
         self._last_step = step
 
     def all_exports(self) -> list[Path]:
-        """Every step export on disk, in step order (includes those of an earlier, resumed run)."""
-        return sorted(p for p in self.dirpath.glob("step_*") if p.is_dir())
+        """Every export of the whole run in step order: those the resumed checkpoint carried (up to its step),
+        then this process's; an export redone after a resume replaces the earlier one of the same step."""
+        own = self.exported if self._ran_here else [  # a spawned process trained: its exports are on disk
+            p for p in self.dirpath.glob("step_*") if p.is_dir() and (export_step(p) or 0) > self._start_step]
+        by_name = {p.name: p for p in self.carried}
+        by_name.update({p.name: p for p in own})
+        return [by_name[name] for name in sorted(by_name)]
+
+    def base(self) -> Path:
+        """The merge base: the pre-trained weights exported when the run first started."""
+        return self.initial if self.initial is not None else self.dirpath / INITIAL
+
+    def state_dict(self) -> dict:
+        """Stored in every ``.ckpt``: a resume (into any directory) merges from the same base and exports."""
+        return {"dirpath": str(self.dirpath.resolve()),
+                "initial": str(self.base().resolve()),
+                "exports": [str(p.resolve()) for p in self.all_exports()]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._restored = dict(state_dict)
+
+
+def export_step(path: Path) -> int | None:
+    name = Path(path).name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+def carried_exports(state: dict | None, ckpt_path: str | Path, step: int) -> tuple[Path | None, list[Path]]:
+    """The merge base and the exports (steps <= ``step``) of the run that wrote checkpoint ``ckpt_path``.
+
+    ``state`` is :meth:`PeriodicExport.state_dict` from the checkpoint. A path that no longer exists is looked
+    up beside the checkpoint (a run directory moved as a whole); a checkpoint written before this state existed
+    uses the exports beside it. The base is ``None`` when it cannot be found.
+    """
+    beside = Path(ckpt_path).resolve().parent
+
+    def locate(path: str | None) -> Path | None:
+        if not path:
+            return None
+        for candidate in (Path(path), beside / Path(path).name):
+            if candidate.is_dir():
+                return candidate
+        return None
+
+    if state:
+        initial = locate(state.get("initial"))
+        exports = [p for p in (locate(e) for e in state.get("exports") or []) if p is not None]
+    else:
+        initial = locate(str(beside / INITIAL))
+        exports = sorted(p for p in beside.glob("step_*") if p.is_dir())
+    return initial, [p for p in exports if (export_step(p) or 0) <= step]
 
 
 def run_card_info(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:

@@ -7,12 +7,19 @@ cut from the same global batch, so gradient accumulation never mixes tasks.
 Policies (``task_mix``):
 
 * ``balanced``: IR and STS get the same number of optimizer steps per epoch; the smaller task's data is
-  reshuffled and reused until it matches the larger one. Step order is shuffled.
+  reshuffled and reused until it matches the larger one. Step order is shuffled. ``ir_share`` (default 0.5)
+  tilts it: the epoch keeps its length (twice the larger task's steps) and ``round(ir_share * length)`` of its
+  steps are IR, the rest STS; each task's data is reshuffled and reused, or cut, to fill its share.
 * ``proportional``: every dataset is seen once per epoch, so steps follow data size (the official release).
 * ``round_robin``: tasks alternate IR, STS, IR, ... and the epoch ends when the smaller task runs out
   (as sentence-transformers' ``RoundRobinBatchSampler``).
 * ``mixed``: the naive co-training baseline: rows of all datasets are pooled and batches mix tasks.
 * ``ir_only`` / ``sts_only``: one task, proportional over its datasets.
+
+Length grouping (``lengths`` given, ``data.length_grouping=true``): each pass over a source is shuffled, then
+sorted by row length inside windows of ``GROUP_WINDOW_STEPS`` steps and cut into steps, and the steps are shuffled
+again; so the rows of a step (and each rank's slice of it) have similar lengths and pad little. Still drawn from
+(seed, epoch) alone: DDP slicing and resumes are unchanged.
 """
 
 from __future__ import annotations
@@ -24,8 +31,23 @@ import numpy as np
 
 from codiemb.errors import ConfigError
 
+GROUP_WINDOW_STEPS = 50  # length grouping sorts rows by length inside windows of this many steps
 POLICIES = ("balanced", "proportional", "round_robin", "mixed", "ir_only", "sts_only")
 MIXED = "mixed"
+
+
+def check_positive(batch_size: dict, accumulate: int = 1, world_size: int = 1) -> None:
+    """Batch sizes, accumulation and world size must be positive integers (-4 would make a balanced epoch top
+    itself up forever, 0 divide by zero): a ConfigError naming the setting."""
+    settings = {f"data.{task}_batch_size": size for task, size in batch_size.items()}
+    settings.update({"accumulate_grad_batches": accumulate, "world_size": world_size})
+    for name, value in settings.items():
+        try:
+            ok = not isinstance(value, bool) and int(value) == value and value >= 1
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +74,23 @@ class TaskBatchSampler:
     """
 
     def __init__(self, sources: Sequence[Source], batch_size: dict[str, int], policy: str = "balanced",
-                 seed: int = 0, world_size: int = 1, rank: int = 0, accumulate: int = 1):
+                 seed: int = 0, world_size: int = 1, rank: int = 0, accumulate: int = 1, ir_share: float = 0.5,
+                 lengths: np.ndarray | None = None):
         if policy not in POLICIES:
             raise ConfigError(f"task_mix must be one of {POLICIES}, got {policy!r}")
+        if not 0.0 <= float(ir_share) <= 1.0 or (float(ir_share) != 0.5 and policy != "balanced"):
+            raise ConfigError(f"task_mix.ir_share must lie in [0, 1] and applies to task_mix=balanced only, "
+                              f"got {ir_share!r} with task_mix={policy}")
+        self.ir_share = float(ir_share)
         self.sources, self.policy, self.seed = list(sources), policy, int(seed)
         self.world_size, self.rank, self.accumulate = int(world_size), int(rank), int(accumulate)
         self.batch_size = {task: int(size) for task, size in batch_size.items()}
+        check_positive(batch_size, accumulate=accumulate, world_size=world_size)
         self.offsets = np.cumsum([0] + [s.size for s in self.sources])[:-1]
+        # length grouping: one length per global row (None: off); see _group_by_length
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        if self.lengths is not None and len(self.lengths) != sum(s.size for s in self.sources):
+            raise ValueError(f"{len(self.lengths)} lengths for {sum(s.size for s in self.sources)} rows")
         self.epoch, self.consumed = 0, 0
         self._cached_plan: tuple[int, list[Step]] | None = None
         self._check()
@@ -118,9 +150,11 @@ class TaskBatchSampler:
         if self.policy == "round_robin":
             n = min(len(p) for p in passes.values())
             return [passes[task][k] for k in range(n) for task in ("ir", "sts")]
-        # balanced: top the smaller task up with fresh reshuffled passes, then interleave at random
-        target = max(len(p) for p in passes.values())
+        # balanced: top each task up to its share with fresh reshuffled passes, then interleave at random
+        length = 2 * max(len(p) for p in passes.values())
+        n_ir = int(round(self.ir_share * length))
         for task, steps in passes.items():
+            target = n_ir if task == "ir" else length - n_ir
             while len(steps) < target:
                 steps.extend(self._one_pass(by_task[task], rng))
             del steps[target:]
@@ -132,8 +166,18 @@ class TaskBatchSampler:
         for i in source_ids:
             source = self.sources[i]
             rows = self.offsets[i] + rng.permutation(source.size)
+            if self.lengths is not None:
+                rows = self._group_by_length(rows, source.task)
             steps += [Step(source.task, source.name, chunk) for chunk in self._chunks(rows, source.task)]
         return [steps[k] for k in rng.permutation(len(steps))]
+
+    def _group_by_length(self, rows: np.ndarray, task: str) -> np.ndarray:
+        """Shuffled ``rows`` sorted by length inside windows of ``GROUP_WINDOW_STEPS`` steps, so consecutive rows
+        (one step, and every rank's slice of it) have similar lengths; ``_one_pass`` then shuffles the steps.
+        Ties keep the shuffled order (stable sort), so the result depends on (seed, epoch) only."""
+        window = GROUP_WINDOW_STEPS * self.rows_per_step(task)
+        return np.concatenate([w[np.argsort(self.lengths[w], kind="stable")]
+                               for w in np.split(rows, range(window, len(rows), window))]) if len(rows) else rows
 
     def _chunks(self, rows: np.ndarray, task: str) -> list[np.ndarray]:
         size = self.rows_per_step(task)
@@ -172,7 +216,11 @@ class TaskBatchSampler:
         self.consumed = int(position) + 1
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "policy": self.policy}
+        # The settings that decide the batch order travel along: a resume with other ones is refused.
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "policy": self.policy,
+                "ir_share": self.ir_share, "batch_size": dict(self.batch_size), "accumulate": self.accumulate,
+                "world_size": self.world_size, "sources": [[s.name, s.task, int(s.size)] for s in self.sources],
+                "length_grouping": self.lengths is not None}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])

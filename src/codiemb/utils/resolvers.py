@@ -23,6 +23,9 @@ def wandb_offline() -> bool:
 def register() -> None:
     if not OmegaConf.has_resolver("codiemb_wandb_offline"):
         OmegaConf.register_new_resolver("codiemb_wandb_offline", wandb_offline)
+    from codiemb.run_dir import register_resolvers  # run directories, .hydra folders, W&B run ids
+
+    register_resolvers()
 
 
 register()

@@ -1,0 +1,271 @@
+"""Starting, resuming and finishing a run in its directory (``train()`` calls these around ``trainer.fit``).
+
+* :func:`open_run`: locks the run directory against a second live run, refuses a fresh run in a directory
+  that holds one, finds the checkpoint (``ckpt_path=`` / ``resume=auto``), reads it once (step, sampler
+  settings, merge base and exports) and recognises a run that already finished.
+* :meth:`RunSession.check_sampler`: a resume whose task mix, batch sizes or data differ from the checkpoint's
+  is refused unless ``resume_allow_changes=true``.
+* :meth:`RunSession.prepare`: the merge base and earlier exports come from the checkpoint; the metrics
+  history continues (CSV rows after the checkpoint's step are dropped, TensorBoard purges them, W&B keeps
+  its run id).
+* :meth:`RunSession.finish`: ``checkpoints/finished.json`` marks the run complete (merge included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from codiemb.callbacks.checkpoint import PeriodicExport, carried_exports
+from codiemb.errors import ConfigError
+from codiemb.run_dir import RunLock, discard_hydra_output, process_rank
+from codiemb.utils.atomic import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+FINISHED = "finished.json"
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where Lightning's ``.ckpt`` files of this run go (the ``model_checkpoint`` callback's ``dirpath``)."""
+    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
+def resolve_ckpt_path(cfg: DictConfig, notes: list[str] | None = None) -> str | None:
+    """``ckpt_path=<file>`` resumes from that file; ``resume=auto`` from the run directory's ``last.ckpt`` when
+    there is one (so the same command both starts a run and continues it after a crash)."""
+    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    if ckpt_path:
+        if not Path(ckpt_path).is_file():
+            raise ConfigError(f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
+                              "<run dir>/checkpoints/last.ckpt, or use resume=auto with hydra.run.dir=<run dir>")
+        return str(ckpt_path)
+    if resume is None:
+        return None
+    if resume != "auto":
+        raise ConfigError(f"resume={resume} is not understood; use resume=auto (with hydra.run.dir=<run dir>) "
+                          "or ckpt_path=<file.ckpt>")
+    last = checkpoint_dir(cfg) / "last.ckpt"
+    if last.is_file():
+        log.info("resume=auto: continuing from %s", last)
+        return str(last)
+    note = (f"resume=auto found no checkpoint ({last} does not exist), so this run started fresh; to continue a "
+            "run, pass hydra.run.dir=<its run directory>")
+    log.warning(note)
+    if notes is not None:
+        notes.append(note)
+    return None
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """What a resume needs from a Lightning checkpoint, without keeping its weights in memory."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as exc:  # noqa: BLE001  (any unreadable file: say which and why, in one line)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} is not a readable Lightning checkpoint ({reason}); point ckpt_path at a .ckpt "
+                          "file written by train.py") from None
+    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
+        raise ConfigError(f"{path} is not a Lightning checkpoint (no global_step); point ckpt_path at a .ckpt file "
+                          "written by train.py")
+    callbacks = ckpt.get("callbacks") or {}
+    return {"path": str(path), "global_step": int(ckpt["global_step"]),
+            "sampler": (ckpt.get("CoDiEmbDataModule") or {}).get("sampler"),
+            "export": next((v for k, v in callbacks.items() if str(k).startswith("PeriodicExport")), None)}
+
+
+def _limits(cfg: DictConfig) -> dict[str, float]:
+    """``trainer.max_steps`` / ``max_epochs`` as numbers (unlimited = inf; Lightning's 1000-epoch default)."""
+    steps, epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
+    steps = math.inf if steps in (None, -1) else float(steps)
+    if epochs is None:
+        epochs = 1000.0 if steps == math.inf else math.inf
+    return {"max_steps": steps, "max_epochs": math.inf if epochs == -1 else float(epochs)}
+
+
+@dataclass
+class RunSession:
+    """One ``train()`` call's view of its run directory and of the checkpoint it resumes from."""
+
+    output_dir: Path
+    ckpt_path: str | None = None
+    checkpoint: dict[str, Any] | None = None
+    finished: dict[str, Any] | None = None  # the stored result when the run is already complete
+    notes: list[str] = field(default_factory=list)
+    lock: RunLock | None = None
+
+    @property
+    def start_step(self) -> int:
+        return self.checkpoint["global_step"] if self.checkpoint else 0
+
+    def check_sampler(self, state: dict, allow_changes: bool = False) -> None:
+        """Refuse a resume whose sampler settings differ from the checkpoint's (its position would point into
+        other batches), unless ``resume_allow_changes=true``."""
+        saved = (self.checkpoint or {}).get("sampler") or {}
+        changes = [f"{_label(key)} {_show(key, saved[key])} -> {_show(key, state[key])}"
+                   for key in SAMPLER_KEYS if key in saved and key in state and saved[key] != state[key]]
+        if not changes:
+            return
+        what = "; ".join(changes)
+        if allow_changes:
+            note = (f"resume_allow_changes=true: continuing {self.ckpt_path} with changed settings ({what}); the "
+                    f"sampler keeps its epoch and position, in the new order")
+            log.warning(note)
+            self.notes.append(note)
+            return
+        raise ConfigError(f"ckpt_path={self.ckpt_path} was trained with other data settings ({what}), so its "
+                          "sampler position would point into different batches; resume with the checkpoint's "
+                          "settings, or add resume_allow_changes=true to continue with the new ones")
+
+    def prepare(self, callbacks, loggers) -> None:
+        """Before ``fit``: the exports callback takes the checkpoint's merge base and exports, the loggers
+        continue the metrics history at its step (nothing to do for a fresh run)."""
+        if not self.checkpoint:
+            return
+        step = self.start_step
+        for callback in callbacks:
+            if isinstance(callback, PeriodicExport):
+                callback.adopt(self.checkpoint["export"], self.ckpt_path, step)
+        for logger in loggers:
+            if hasattr(logger, "resume_at"):  # codiemb.loggers.CSVLogger: keeps rows up to the checkpoint
+                logger.resume_at(step)
+            elif type(logger).__name__ == "TensorBoardLogger" and getattr(logger, "_experiment", None) is None:
+                logger._kwargs.setdefault("purge_step", step)  # TensorBoard hides older events from this step on
+
+    def after_fit(self, trainer, cfg: DictConfig) -> None:
+        """Say so when the fit trained nothing: a checkpoint already at the end, data without batches
+        (``trainer.max_epochs=0`` / ``max_steps=0`` are warned about before the run by the preflight)."""
+        if trainer.global_step != self.start_step:
+            return
+        limits = {k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps")}
+        if limits["max_epochs"] == 0 or limits["max_steps"] == 0:
+            return  # the preflight already warned (codiemb.preflight)
+        if self.checkpoint:
+            note = (f"nothing was trained: the checkpoint {self.ckpt_path} is already at step {trainer.global_step}, "
+                    "the end of training; only the run's last export and merge were completed")
+        else:
+            note = (f"nothing was trained: the global step stayed at {trainer.global_step} (the data gave no "
+                    "batches); the exports and the merged model hold the starting weights")
+        log.warning(note)
+        self.notes.append(note)
+
+    def finish(self, cfg: DictConfig, trainer, result: dict[str, Any]) -> None:
+        """Mark the run complete (after its merge): ``resume=auto`` on it again then changes nothing."""
+        if process_rank() == 0 and trainer.global_step > 0:
+            record = {"global_step": int(trainer.global_step), **_limits(cfg),
+                      "result": {k: result.get(k) for k in ("metrics", "output_dir", "exports", "merged")}}
+            path = checkpoint_dir(cfg) / FINISHED
+            if path.parent.is_dir():
+                atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
+        self.close()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+SAMPLER_KEYS = ("policy", "ir_share", "batch_size", "accumulate", "world_size", "seed", "sources")
+_LABELS = {"policy": "task_mix", "ir_share": "task_mix.ir_share", "batch_size": "batch sizes",
+           "accumulate": "trainer.accumulate_grad_batches", "world_size": "processes (devices x nodes)",
+           "seed": "seed", "sources": "datasets"}
+
+
+def _label(key: str) -> str:
+    return _LABELS.get(key, key)
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "sources":
+        return "[" + ", ".join(f"{name} ({task}, {size} rows)" for name, task, size in value) + "]"
+    if key == "batch_size":
+        return ", ".join(f"{task} {size}" for task, size in sorted(value.items()))
+    return str(value)
+
+
+def open_run(cfg: DictConfig) -> RunSession:
+    """Claim the run directory and work out where training starts (before data or model weights load)."""
+    session = RunSession(output_dir=Path(cfg.paths.output_dir))
+    ckpt_path = resolve_ckpt_path(cfg, session.notes)
+    if process_rank() == 0:
+        try:
+            session.lock = RunLock.acquire(session.output_dir)
+            _refuse_other_run(cfg, ckpt_path)
+        except ConfigError:
+            discard_hydra_output(session.output_dir)
+            raise
+    if not ckpt_path:
+        return session
+    session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path)
+    session.finished = _finished(cfg, session)
+    if session.finished is None:
+        _check_merge_base(cfg, session)
+    else:
+        discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
+    return session
+
+
+def _refuse_other_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """A run directory holds one run: a fresh run (or one resuming another directory's checkpoint) must not
+    write its checkpoints beside an earlier run's."""
+    ckpts = checkpoint_dir(cfg)
+    if not ckpts.is_dir() or not any(ckpts.glob("*.ckpt")):
+        return
+    if ckpt_path and Path(ckpt_path).resolve().parent == ckpts.resolve():
+        return
+    raise ConfigError(f"run directory {cfg.paths.output_dir} already holds a run ({ckpts}); continue it with "
+                      f"resume=auto hydra.run.dir={cfg.paths.output_dir}, or start this run in its own directory "
+                      "(drop hydra.run.dir, or give another one)")
+
+
+def _finished(cfg: DictConfig, session: RunSession) -> dict[str, Any] | None:
+    """The stored result when the checkpoint is the end of a completed run and the limits were not raised."""
+    path = Path(session.ckpt_path).resolve().parent / FINISHED
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("global_step") != session.start_step:
+        return None  # the run went on after it was marked (or was resumed from an earlier checkpoint)
+    now = _limits(cfg)
+    if any(now[k] > float(record.get(k, math.inf)) for k in now):
+        return None  # trainer.max_steps / max_epochs raised: train further
+    if cfg.get("ckpt_path"):
+        raise ConfigError(f"ckpt_path={session.ckpt_path} is the final checkpoint of a finished run (step "
+                          f"{session.start_step}); nothing is left to train: raise trainer.max_steps or "
+                          "trainer.max_epochs to train further")
+    message = (f"codiemb: run {session.output_dir} already finished (step {session.start_step}); nothing to do. "
+               "Raise trainer.max_steps or trainer.max_epochs to train further.")
+    log.warning(message)
+    print(message, flush=True)
+    result = dict(record.get("result") or {})
+    result["finished_before"] = True
+    return result
+
+
+def _check_merge_base(cfg: DictConfig, session: RunSession) -> None:
+    """A resumed run merges onto the pre-trained weights of its first start; refuse when they are gone."""
+    merge_cfg = cfg.get("merge")
+    export_cfg = (cfg.get("callbacks") or {}).get("model_export")
+    if not merge_cfg or merge_cfg.get("method", "none") == "none" or not export_cfg:
+        return
+    ckpt = session.checkpoint
+    if ckpt["export"] is None and session.output_dir.resolve() not in Path(session.ckpt_path).resolve().parents:
+        note = (f"{session.ckpt_path} predates stored merge bases; using the exports beside it as the merge base "
+                "and earlier exports")
+        log.warning(note)
+        session.notes.append(note)
+    initial, _ = carried_exports(ckpt["export"], session.ckpt_path, ckpt["global_step"])
+    if initial is None:
+        wanted = (ckpt["export"] or {}).get("initial") or str(Path(session.ckpt_path).parent / "initial")
+        raise ConfigError(f"the merge base of {session.ckpt_path} ({wanted}, the pre-trained weights the run started "
+                          "from) is missing; restore it, or resume with merge=none")
