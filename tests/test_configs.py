@@ -55,7 +55,12 @@ def test_every_model_config_composes(compose_cfg, name):
 
 @pytest.mark.parametrize("name", ["default", "cpu", "ddp_cpu_sim"])
 def test_cpu_trainers_instantiate(compose_cfg, name):
-    trainer = instantiate(compose_cfg([f"trainer={name}"]).trainer, logger=False)
+    """As train() builds them: ``precision: auto`` is resolved for this machine first."""
+    from codiemb.training import choose_trainer_precision
+
+    cfg = compose_cfg([f"trainer={name}"])
+    choose_trainer_precision(cfg)
+    trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.num_devices * trainer.num_nodes >= 1
 
 
