@@ -66,3 +66,50 @@ def test_mixed_batch_turns_clear_paraphrases_into_positives():
     assert decode(batch["passages"]) == ["p", "n", "s2 high", "s2 low"]
     assert batch["positive_mask"].tolist() == [[True, False, False, False], [False, False, True, False],
                                                [False, False, False, False]]
+
+
+def test_sts_pairs_with_an_instruction_give_both_sentences_that_instruction():
+    """Official: sentence 2 is built like sentence 1 (same task instruction); it used to get the query prompt."""
+    records = [Record("sts", "a cat sits", ("a cat is sitting",), score=4.0, instruction="Retrieve paraphrases",
+                      dataset="s"),
+               Record("sts", "dogs run", ("a dog runs",), score=3.0, dataset="s")]
+    batch = Collator(TOKENIZER, query_prompt="query: ", instruction_template="{instruction}: {text}")(
+        list(enumerate(records)))
+    assert decode(batch["query"]) == ["retrieve paraphrases : a cat sits", "query : dogs run"]
+    assert decode(batch["passages"]) == ["retrieve paraphrases : a cat is sitting", "query : a dog runs"]
+    instruction_tokens = 1 + len(TOKENIZER.tokenize("Retrieve paraphrases:"))  # [CLS] + its word pieces
+    assert batch["query"]["prompt_length"].tolist() == batch["passages"]["prompt_length"].tolist() \
+        == [instruction_tokens, 3]
+
+
+def test_prompt_lengths_count_the_prompt_tokens_and_agree_with_the_encoder(tiny):
+    """[CLS] + the prompt's tokens (sentence-transformers' count); what the encoder computes at inference."""
+    records = [Record("ir", "what is dna", ("dna is a molecule",), dataset="d"),
+               Record("ir", "find x", ("x y",), instruction="Find the passage", dataset="d")]
+    collate = Collator(TOKENIZER, query_prompt="query: ", passage_prompt="passage: ",
+                       instruction_template="{instruction}: {text}")
+    batch = collate(list(enumerate(records)))
+    assert batch["query"]["prompt_length"].tolist() == [3, 5]  # [CLS] query : / [CLS] find the passage :
+    assert batch["passages"]["prompt_length"].tolist() == [3, 3]
+    assert Collator(TOKENIZER)(list(enumerate(records[:1])))["query"]["prompt_length"].tolist() == [0]
+    tiny.query_prompt, tiny.passage_prompt, tiny.instruction_template = "query: ", "passage: ", "{instruction}: {text}"
+    try:
+        assert tiny.prompt_lengths("query", [None, "Find the passage"]) == [3, 5]
+        assert tiny.prompt_lengths("passage", [None, None]) == [3, 3]
+    finally:
+        tiny.query_prompt, tiny.passage_prompt, tiny.instruction_template = "", "", "{instruction} {text}"
+
+
+def test_fixed_group_size_fills_every_group_with_replacement_as_the_release():
+    records = [ir("q1", ["p1"], ["n1a", "n1b"]), ir("q2", ["p2a", "p2b", "p2c"], [f"n2{i}" for i in range(9)]),
+               ir("q3", ["p3a", "p3b"], [])]
+    batch = Collator(TOKENIZER, max_positives=2, num_negatives=4, fixed_group_size=True, seed=3)(
+        list(enumerate(records)))
+    passages, mask = decode(batch["passages"]), batch["positive_mask"]
+    assert mask.sum(1).tolist() == [2, 2, 2]  # every query: exactly 2 positives (q1's one, twice)
+    owners = [[p for p in passages if p.startswith(f"{c}")] for c in ("p1", "n1", "p2", "n2", "p3", "n3")]
+    assert owners[0] == ["p1", "p1"] and len(owners[1]) == 4 and set(owners[1]) == {"n1a", "n1b"}
+    assert len(owners[2]) == 2 == len(set(owners[2])) and len(owners[3]) == 4 == len(set(owners[3]))
+    assert sorted(owners[4]) == ["p3a", "p3b"] and owners[5] == []  # no negatives to draw from: none
+    loose = Collator(TOKENIZER, max_positives=2, num_negatives=4)(list(enumerate(records)))
+    assert loose["positive_mask"].sum(1).tolist() == [1, 2, 2] and len(decode(loose["passages"])) == 3 + 6 + 2

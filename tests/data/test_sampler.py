@@ -112,3 +112,15 @@ def test_impossible_configs_fail_with_what_to_change():
         TaskBatchSampler(SOURCES[:2], SIZES, policy="balanced")
     with pytest.raises(ConfigError, match="task_mix must be one of"):
         TaskBatchSampler(SOURCES, SIZES, policy="random")
+
+
+@pytest.mark.parametrize("sizes, accumulate, message", [
+    ({"ir": -4, "sts": 16}, 1, r"^data.ir_batch_size must be a positive integer, got -4$"),
+    ({"ir": 8, "sts": 0}, 1, r"^data.sts_batch_size must be a positive integer, got 0$"),
+    (SIZES, 0, r"^accumulate_grad_batches must be a positive integer, got 0$"),
+    (SIZES, -2, r"^accumulate_grad_batches must be a positive integer, got -2$"),
+])
+def test_non_positive_batch_size_or_accumulation_is_a_config_error(sizes, accumulate, message):
+    # -4 used to make the balanced top-up loop spin forever, 0 a ZeroDivisionError
+    with pytest.raises(ConfigError, match=message):
+        TaskBatchSampler(SOURCES, sizes, policy="balanced", accumulate=accumulate)

@@ -5,7 +5,15 @@ Batch layouts:
 * ``ir`` / ``mixed``: ``query`` tokens [B, Lq]; ``passages`` tokens [M, Lp] holding each row's positives then
   its hard negatives; ``positive_mask`` [B, M] marks each query's own positives (every other passage is a
   candidate negative for it).
-* ``sts``: ``query`` = sentence 1 tokens, ``passages`` = sentence 2 tokens, ``scores`` in [0, 1].
+* ``sts``: ``query`` = sentence 1 tokens, ``passages`` = sentence 2 tokens, ``scores`` in [0, 1]. Both sentences
+  get the same prompt: the record's instruction when it has one (as the official code), else the query prompt.
+
+Every token dict also holds ``prompt_length`` [rows]: how many leading tokens are prompt / instruction, so that
+mean pooling can leave them out (``model.pool_prompt=false``, the official behaviour).
+
+``fixed_group_size=True`` (the official CoDiEmb data layout): every IR row gets exactly ``max_positives``
+positives and ``num_negatives`` hard negatives, drawn with replacement when it has fewer (a row without any
+hard negative keeps none). ``False``: up to that many, without replacement.
 
 In ``mixed`` batches an STS pair counts as a positive pair when its normalised score reaches
 ``sts_positive_threshold``; otherwise sentence 2 is just another candidate.
@@ -19,7 +27,7 @@ from typing import Sequence
 import torch
 
 from codiemb.data.schema import Record
-from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
+from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text, prompt_prefix, prompt_token_count
 
 
 class Collator:
@@ -27,7 +35,7 @@ class Collator:
                  query_prompt: str = "", passage_prompt: str = "",
                  instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE, max_positives: int = 2,
                  num_negatives: int = 3, sts_positive_threshold: float = 0.8, seed: int = 0,
-                 pad_to_multiple_of: int | None = None):
+                 pad_to_multiple_of: int | None = None, fixed_group_size: bool = False):
         self.tokenizer = tokenizer
         self.query_max_length, self.passage_max_length = query_max_length, passage_max_length
         self.query_prompt, self.passage_prompt = query_prompt, passage_prompt
@@ -35,6 +43,8 @@ class Collator:
         self.max_positives, self.num_negatives = max_positives, num_negatives
         self.sts_positive_threshold, self.seed = sts_positive_threshold, seed
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.fixed_group_size = fixed_group_size
+        self._prompt_lengths: dict[str, int] = {}
 
     def __call__(self, items: Sequence[tuple[int, Record]]) -> dict:
         position = max(p for p, _ in items)
@@ -43,11 +53,11 @@ class Collator:
         task = tasks.pop() if len(tasks) == 1 else "mixed"
         batch = {"task": task, "dataset": sources.pop() if len(sources) == 1 else "mixed",
                  "position": position, "size": len(records)}
-        queries = [format_text(r.query, self.query_prompt, r.instruction, self.instruction_template)
-                   for r in records]
+        queries = [self._format(r.query, self.query_prompt, r.instruction) for r in records]
         if task == "sts":
-            # STS is symmetric: both sentences get the query prompt and the longer length limit.
-            seconds = [format_text(r.positives[0], self.query_prompt) for r in records]
+            # STS is symmetric: both sentences get the same prompt (the record's instruction, else the query
+            # prompt) and the longer length limit.
+            seconds = [self._format(r.positives[0], self.query_prompt, r.instruction) for r in records]
             batch["query"] = self._tokenize(queries, self.passage_max_length)
             batch["passages"] = self._tokenize(seconds, self.passage_max_length)
             batch["scores"] = torch.tensor([r.normalized_score for r in records], dtype=torch.float32)
@@ -57,7 +67,7 @@ class Collator:
         passages, owners, positive = [], [], []
         for i, record in enumerate(records):
             for text, is_pos in self._passages_of(record, rng):
-                passages.append(format_text(text, self.passage_prompt))
+                passages.append(self._format(text, self.passage_prompt, None))
                 owners.append(i)
                 positive.append(is_pos)
         mask = torch.zeros(len(records), len(passages), dtype=torch.bool)
@@ -70,14 +80,26 @@ class Collator:
     def _passages_of(self, record: Record, rng: random.Random) -> list[tuple[str, bool]]:
         if record.task == "sts":  # only reached in mixed batches
             return [(record.positives[0], record.normalized_score >= self.sts_positive_threshold)]
-        positives = list(record.positives)
-        if len(positives) > self.max_positives:
-            positives = rng.sample(positives, self.max_positives)
-        negatives = list(record.negatives)
-        if len(negatives) > self.num_negatives:
-            negatives = rng.sample(negatives, self.num_negatives)
+        positives = self._group(list(record.positives), self.max_positives, rng)
+        negatives = self._group(list(record.negatives), self.num_negatives, rng)
         return [(p, True) for p in positives] + [(n, False) for n in negatives]
 
-    def _tokenize(self, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
-        return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                                   pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"))
+    def _group(self, texts: list[str], size: int, rng: random.Random) -> list[str]:
+        if len(texts) > size:
+            return rng.sample(texts, size)
+        if self.fixed_group_size and 0 < len(texts) < size:
+            # The official get_positives / get_negatives: enough copies of the list, then `size` of them.
+            return rng.sample(texts * -(-size // len(texts)), size)
+        return texts
+
+    def _format(self, text: str, prompt: str, instruction: str | None) -> tuple[str, str]:
+        return (format_text(text, prompt, instruction, self.instruction_template),
+                prompt_prefix(prompt, instruction, self.instruction_template))
+
+    def _tokenize(self, texts: list[tuple[str, str]], max_length: int) -> dict[str, torch.Tensor]:
+        tokens = dict(self.tokenizer([text for text, _ in texts], padding=True, truncation=True,
+                                     max_length=max_length, pad_to_multiple_of=self.pad_to_multiple_of,
+                                     return_tensors="pt"))
+        tokens["prompt_length"] = torch.tensor(
+            [prompt_token_count(self.tokenizer, prefix, self._prompt_lengths) for _, prefix in texts])
+        return tokens

@@ -1,37 +1,25 @@
-"""LightningDataModule: read every configured dataset, validate it up front, and serve task-homogeneous batches."""
+"""LightningDataModule: validate every configured dataset up front into the Arrow record store
+(:mod:`codiemb.data.store`), and serve task-homogeneous batches read from it by index."""
 
 from __future__ import annotations
 
 import logging
-import random
+from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from codiemb.data.collator import Collator
-from codiemb.data.holdout import apply_holdout
-from codiemb.data.readers import read_dataset
-from codiemb.data.sampler import Source, TaskBatchSampler
-from codiemb.data.schema import Record
+from codiemb.data.quality import format_warnings
+from codiemb.data.readers import ReadResult, get_reader
+from codiemb.data.sampler import Source, TaskBatchSampler, check_positive
+from codiemb.data.store import Part, RecordStore, default_cache_dir, ensure_built
 from codiemb.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
-
-
-class RecordDataset(Dataset):
-    """All records of all sources, concatenated; indexed by ``(position, row)`` pairs from the sampler."""
-
-    def __init__(self, records: Sequence[Record]):
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Record]:
-        position, row = key
-        return position, self.records[row]
 
 
 class CoDiEmbDataModule(L.LightningDataModule):
@@ -39,24 +27,34 @@ class CoDiEmbDataModule(L.LightningDataModule):
 
     Two options work for every format: ``max_rows`` (a seeded subsample) and ``holdout: {fraction: f}``
     (drop the queries that :mod:`codiemb.data.holdout` reserves for validation).
+
+    Every dataset is read once into a memory-mapped Arrow table under ``cache_dir`` (:mod:`codiemb.data.store`;
+    default ``$CODIEMB_DATA_CACHE`` or ``~/.cache/codiemb/data``); later runs, other ranks and DataLoader workers
+    map the same file. ``length_grouping`` makes each step's rows similar in length (:mod:`codiemb.data.sampler`).
     """
 
     def __init__(self, datasets: Sequence[dict], task_mix: str = "balanced", ir_batch_size: int = 16,
                  sts_batch_size: int = 32, max_positives: int = 2, num_negatives: int = 3,
                  query_max_length: int | None = None, passage_max_length: int | None = None,
                  sts_positive_threshold: float = 0.8, accumulate_grad_batches: int = 1, num_workers: int = 1,
-                 seed: int = 42, on_error: str = "raise"):
+                 seed: int = 42, on_error: str = "raise", ir_share: float = 0.5, fixed_group_size: bool = False,
+                 cache_dir: str | None = None, length_grouping: bool = False):
         super().__init__()
+        self.ir_share = float(ir_share)  # task_mix=balanced only: the fraction of optimizer steps that are IR
         self.dataset_specs = [dict(spec) for spec in datasets]
         self.task_mix, self.seed, self.on_error = task_mix, seed, on_error
         self.batch_size = {"ir": int(ir_batch_size), "sts": int(sts_batch_size)}
         self.accumulate = int(accumulate_grad_batches)
+        check_positive(self.batch_size, accumulate=self.accumulate)  # before any data is read
         self.num_workers = num_workers
         self.collator_options = {"max_positives": max_positives, "num_negatives": num_negatives,
-                                 "sts_positive_threshold": sts_positive_threshold, "seed": seed}
+                                 "sts_positive_threshold": sts_positive_threshold, "seed": seed,
+                                 "fixed_group_size": fixed_group_size}  # official: groups filled with replacement
         self.max_lengths = {"query_max_length": query_max_length, "passage_max_length": passage_max_length}
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+        self.length_grouping = bool(length_grouping)
         self.sources: list[Source] = []
-        self.dataset: RecordDataset | None = None
+        self.dataset: RecordStore | None = None
         self.sampler: TaskBatchSampler | None = None
         self.collator: Collator | None = None
         self.load_report: dict[str, dict[str, Any]] = {}
@@ -67,40 +65,46 @@ class CoDiEmbDataModule(L.LightningDataModule):
         """Read and validate every dataset. Runs once; cheap to call again."""
         if self.dataset is not None:
             return
-        records: list[Record] = []
         names = [spec.get("name") for spec in self.dataset_specs]
         if len(set(names)) != len(names) or None in names:
             raise ConfigError(f"every dataset needs a unique 'name'; got {names}")
+        parts, self.sources, self.load_report = [], [], {}  # a load that raised may be called again
         for spec in self.dataset_specs:
             spec = dict(spec)
-            name, fmt, path = spec.pop("name"), spec.pop("format", "jsonl"), spec.pop("path")
+            name, fmt, path = spec.pop("name"), spec.pop("format", "jsonl"), str(spec.pop("path"))
             spec.setdefault("on_error", self.on_error)
             max_rows, holdout = spec.pop("max_rows", None), spec.pop("holdout", None)
-            result = read_dataset(fmt, str(path), name=name, **spec)
-            if holdout:  # e.g. {fraction: 0.1}: those queries are the validation slice (eval sets use keep: val)
-                result.records = apply_holdout(result.records, float(holdout["fraction"]), "train")
-            if max_rows and len(result.records) > max_rows:  # a seeded subsample, for quick recipes
-                keep = sorted(random.Random(self.seed).sample(range(len(result.records)), int(max_rows)))
-                result.records = [result.records[i] for i in keep]
-            if not result.records:
-                raise DataError(f"dataset '{name}' is empty after loading "
-                                f"({sum(result.skipped.values())} rows skipped)", source=str(path))
-            self.sources.append(Source(name, result.records[0].task, len(result.records)))
-            records.extend(result.records)
-            self.load_report[name] = {"task": result.records[0].task, "rows": len(result.records),
-                                      "skipped": dict(result.skipped)}
-            log.info(result.summary(name))
+            get_reader(fmt)  # an unknown format is a ConfigError before anything is built
+            target = ensure_built(fmt, path, name, spec, self.cache_dir)
+            # holdout e.g. {fraction: 0.1}: those queries are the validation slice (eval sets use keep: val)
+            part = Part.open(target, holdout=float(holdout["fraction"]) if holdout else None, max_rows=max_rows,
+                             seed=self.seed)
+            skipped = part.meta["skipped"]
+            if not len(part.rows):
+                raise DataError(f"dataset '{name}' is empty after loading ({sum(skipped.values())} rows skipped)",
+                                source=path)
+            parts.append(part)
+            self.sources.append(Source(name, part.task, len(part.rows)))
+            self.load_report[name] = {"task": part.task, "rows": len(part.rows), "skipped": skipped,
+                                      "warnings": part.meta["warnings"], "cache": str(target)}
+            log.info(ReadResult(range(len(part.rows)), Counter(skipped)).summary(name))
         skipped = {name: info["skipped"] for name, info in self.load_report.items() if info["skipped"]}
         if skipped:  # on_error=skip: one report at the end of loading, per dataset and reason
             log.warning("skipped bad rows (data.on_error=skip): %s", "; ".join(
                 f"{name}: {sum(counts.values())} ({', '.join(f'{r}: {c}' for r, c in sorted(counts.items()))})"
                 for name, counts in skipped.items()))
-        self.dataset = RecordDataset(records)
+        suspicious = format_warnings({name: info["warnings"] for name, info in self.load_report.items()})
+        if suspicious:
+            log.warning("suspicious rows (kept; duplicates weigh double, a negative equal to a positive is a false "
+                        "negative): %s", suspicious)
+        self.dataset = RecordStore(parts)
 
     def build_sampler(self, world_size: int = 1, rank: int = 0) -> TaskBatchSampler:
         self.load()
         return TaskBatchSampler(self.sources, self.batch_size, policy=self.task_mix, seed=self.seed,
-                                world_size=world_size, rank=rank, accumulate=self.accumulate)
+                                world_size=world_size, rank=rank, accumulate=self.accumulate,
+                                ir_share=self.ir_share,
+                                lengths=self.dataset.lengths() if self.length_grouping else None)
 
     def attach_tokenizer(self, tokenizer, settings: dict) -> None:
         """Give the collator the model's tokenizer and prompts (the data side never imports the model)."""

@@ -20,6 +20,18 @@ from codiemb.errors import DataError
 
 TASKS = ("ir", "sts")
 _ALIASES = {"pos": "positives", "neg": "negatives"}
+# Characters that render as nothing: a text made only of these and whitespace is as empty as "". str.strip(chars)
+# stops at the first other character, so the check costs nothing on ordinary text.
+_BLANK = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + (
+    "\x00\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff")
+
+
+def show_value(value: Any) -> str:
+    """A value for a message: huge integers abbreviated (printing 5000 digits is itself an error)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 18:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:10]}...({len(digits)} digits)"
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,8 @@ def _text(value: Any, name: str, where: dict) -> str:
         raise DataError(f"expected a string, got {type(value).__name__}", field=name, **where)
     if not value.strip():
         raise DataError("empty or whitespace-only text", field=name, **where)
+    if not value.strip(_BLANK):
+        raise DataError("only NUL or zero-width characters (no visible text)", field=name, **where)
     try:  # a JSON escape like "\ud800" decodes to a lone surrogate that tokenizers cannot take
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -74,7 +88,8 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
     where = {"source": source, "line": line}
     if not isinstance(raw, Mapping):
         raise DataError(f"expected a JSON object, got {type(raw).__name__}", **where)
-    raw = {_ALIASES.get(k, k): v for k, v in raw.items()}
+    if "pos" in raw or "neg" in raw:
+        raw = {_ALIASES.get(k, k): v for k, v in raw.items()}
     row_task = raw.get("task", task)
     if row_task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got {row_task!r}", field="task", **where)
@@ -105,10 +120,10 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
             raise DataError("an STS row needs a score", field="score", **where)
         if isinstance(score, bool) or not isinstance(score, (int, float)):
             raise DataError(f"expected a number, got {type(score).__name__}", field="score", **where)
-        if math.isnan(score):
+        if isinstance(score, float) and math.isnan(score):  # math.isnan(10**400) would overflow
             raise DataError("score is NaN", field="score", **where)
-        if not low <= score <= high:
-            raise DataError(f"score {score} is outside the declared range [{low:g}, {high:g}]",
+        if not low <= score <= high:  # int/float comparison is exact, even for huge integers
+            raise DataError(f"score {show_value(score)} is outside the declared range [{low:g}, {high:g}]",
                             field="score", **where)
         score = float(score)
     return Record(task=row_task, query=query, positives=positives, negatives=negatives, score=score,

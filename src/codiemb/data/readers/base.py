@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codiemb.data.schema import Record
+from codiemb.data.schema import Record, show_value  # noqa: F401  (re-exported for readers)
 from codiemb.errors import ConfigError, DataError
 
 ON_ERROR = ("raise", "skip")
@@ -40,12 +42,71 @@ class RowPolicy:
         self.skipped[f"bad {error.field}" if error.field else "malformed row"] += 1
 
 
+BOM = "\ufeff"
+# Byte-order marks of encodings that are not UTF-8 (UTF-32 first: its little-endian mark starts like UTF-16's).
+_FOREIGN_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32 (little-endian)"), (b"\x00\x00\xfe\xff", "UTF-32 (big-endian)"),
+                 (b"\xff\xfe", "UTF-16 (little-endian)"), (b"\xfe\xff", "UTF-16 (big-endian)"))
+
+
 def decode_line(raw: bytes, source: str, line: int) -> str:
-    """One line of a UTF-8 file, or a :class:`DataError` naming file and line (instead of UnicodeDecodeError)."""
+    """One line of a UTF-8 file, or a :class:`DataError` naming file and line (instead of UnicodeDecodeError).
+    A UTF-8 byte-order mark at the start of line 1 is dropped."""
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=source, line=line) from None
+    return text[1:] if line == 1 and text.startswith(BOM) else text
+
+
+def parse_json_line(text: str, source: str, line: int):
+    """``json.loads`` of one line; every way it can fail becomes a :class:`DataError` naming file and line."""
+    try:
+        return json.loads(text.rstrip("\r\n"))  # without the newline, colno points into this line
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=source, line=line) from None
+    except RecursionError:  # json recurses once per nesting level
+        raise DataError("malformed JSON: nested too deeply", source=source, line=line) from None
+    except ValueError as exc:  # Python refuses to convert integers longer than sys.get_int_max_str_digits()
+        if "integer string conversion" not in str(exc):
+            raise DataError(f"malformed JSON: {exc}", source=source, line=line) from None
+        import sys
+        raise DataError(f"malformed JSON: an integer with more than {sys.get_int_max_str_digits()} digits",
+                        source=source, line=line) from None
+
+
+UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError, RecursionError)
+
+
+def unreadable(exc: BaseException, source: str, line: int | None) -> DataError:
+    return DataError(f"unreadable row ({type(exc).__name__}: {str(exc)[:200]})", source=source, line=line)
+
+
+@contextmanager
+def row_errors(source: str, line: int | None):
+    """Turn whatever Python raises on one odd row (a type slip, an overflow) into a :class:`DataError` there."""
+    try:
+        yield
+    except DataError:
+        raise
+    except UNREADABLE as exc:
+        raise unreadable(exc, source, line) from None
+
+
+def check_file(path: str | Path) -> Path:
+    """``path`` as a Path if it is a readable UTF-8 candidate; a directory, a missing file or a UTF-16/32 file
+    is a :class:`DataError` that says which."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory; give the path of a file", source=str(path))
+    if not path.is_file():
+        raise DataError("file not found", source=str(path))
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    for mark, encoding in _FOREIGN_BOMS:
+        if head.startswith(mark):
+            raise DataError(f"the file is {encoding}, not UTF-8; convert it (e.g. iconv -f "
+                            f"{encoding.split()[0]} -t UTF-8)", source=str(path))
+    return path
 
 
 def split_file(path: str | Path, split: str | None, pattern: str, splits: str) -> Path:
@@ -55,6 +116,13 @@ def split_file(path: str | Path, split: str | None, pattern: str, splits: str) -
         if split is None:
             raise ConfigError(f"{path} is a directory: name the split ({splits})")
         path = path / pattern.format(split=split)
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    return path
+    return check_file(path)
+
+
+def read_text(path: str | Path) -> str:
+    """The whole of a UTF-8 file (a byte-order mark dropped), or a :class:`DataError` saying what it is."""
+    path = check_file(path)
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=str(path)) from None

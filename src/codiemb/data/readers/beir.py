@@ -7,10 +7,9 @@ comparable with the MTEB leaderboard. ``qrels/<split>.tsv`` has the header ``que
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy, decode_line
+from codiemb.data.readers.base import ReadResult, RowPolicy, check_file, decode_line, parse_json_line, row_errors
 from codiemb.data.schema import parse_record
 from codiemb.errors import DataError
 
@@ -20,41 +19,44 @@ Qrels = dict[str, dict[str, int]]
 def document_text(row: dict) -> str:
     """MTEB's corpus text: ``"{title} {text}".strip()`` when a title is present, else the text."""
     title, text = row.get("title") or "", row.get("text") or ""
+    for field_name, value in (("title", title), ("text", text)):
+        if not isinstance(value, str):
+            raise DataError(f"expected a string, got {type(value).__name__}", field=field_name)
     return f"{title} {text}".strip() if title else text.strip()
 
 
 def _read_jsonl_ids(path: Path, text_of) -> dict[str, str]:
     """``{_id: text}``; a duplicate id, missing ``_id`` or malformed line raises, naming file and line."""
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
+    path = check_file(path)
     out: dict[str, str] = {}
     with path.open("rb") as fh:
         for line, raw_bytes in enumerate(fh, start=1):
             raw = decode_line(raw_bytes, str(path), line)
             if not raw.strip():
                 continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON: {exc.msg}", source=str(path), line=line) from None
+            row = parse_json_line(raw, str(path), line)
             if not isinstance(row, dict) or "_id" not in row:
                 raise DataError("missing required field", source=str(path), line=line, field="_id")
-            doc_id = str(row["_id"])
-            if doc_id in out:
-                raise DataError(f"duplicate id {doc_id!r}", source=str(path), line=line, field="_id")
-            out[doc_id] = text_of(row)
+            with row_errors(str(path), line):
+                doc_id = str(row["_id"])
+                if doc_id in out:
+                    raise DataError(f"duplicate id {doc_id!r}", source=str(path), line=line, field="_id")
+                try:
+                    out[doc_id] = text_of(row)
+                except DataError as exc:  # document_text names the field; add where it is
+                    raise DataError(str(exc).split(": ", 1)[1], source=str(path), line=line,
+                                    field=exc.field) from None
     return out
 
 
 def read_qrels(path: Path, corpus: dict[str, str] | None = None,
                queries: dict[str, str] | None = None) -> Qrels:
     """``{query_id: {doc_id: grade}}``; ids unknown to ``corpus``/``queries`` (when given) raise."""
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
+    path = check_file(path)
     qrels: Qrels = {}
     with path.open("rb") as fh:
         for line, raw_bytes in enumerate(fh, start=1):
-            raw = decode_line(raw_bytes, str(path), line)
+            raw = decode_line(raw_bytes, str(path), line)  # drops a BOM on line 1
             fields = raw.rstrip("\n\r").split("\t")
             if line == 1 and fields[:2] == ["query-id", "corpus-id"]:
                 continue
@@ -68,6 +70,9 @@ def read_qrels(path: Path, corpus: dict[str, str] | None = None,
                 grade_value = int(float(grade))
             except ValueError:
                 raise DataError(f"score {grade!r} is not a number", source=str(path), line=line,
+                                field="score") from None
+            except OverflowError:  # int(float("1e400")): infinity has no integer
+                raise DataError(f"score {grade!r} is not a finite number", source=str(path), line=line,
                                 field="score") from None
             if queries is not None and qid not in queries:
                 raise DataError(f"unknown query id {qid!r}", source=str(path), line=line, field="query-id")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy, split_file
+from codiemb.data.readers.base import ReadResult, RowPolicy, read_text, split_file
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -40,7 +40,7 @@ def read_mrpc(path: str, *, name: str, task: str | None = None, split: str | Non
     path = mrpc_file(path, split)
     low, high = float(score_range[0]), float(score_range[1])
     policy, records = RowPolicy(on_error), []
-    lines = path.read_text(encoding="utf-8-sig").split("\n")  # utf-8-sig drops the BOM
+    lines = read_text(path).split("\n")  # without the BOM
     if lines[0].rstrip("\r").split("\t") != HEADER:
         raise DataError(f"expected the header {HEADER}", source=str(path), line=1)
     for line_no, line in enumerate(lines[1:], start=2):

@@ -14,13 +14,12 @@ because MedQuAD lists each topic's questions together.
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
-from codiemb.data.schema import parse_record
+from codiemb.data.readers.base import ReadResult, RowPolicy, check_file, decode_line, parse_json_line
+from codiemb.data.schema import parse_record, show_value
 from codiemb.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -28,24 +27,16 @@ log = logging.getLogger(__name__)
 
 def _load_rows(path: Path, policy: RowPolicy) -> list[tuple[int, dict]]:
     """``[(line, row)]`` of the JSON objects in ``path``; undecodable lines go through ``policy``."""
-    rows = []
+    rows, source = [], str(path)
     with path.open("rb") as fh:
         for line_no, raw_line in enumerate(fh, start=1):
             try:
-                text = raw_line.decode("utf-8")
+                text = decode_line(raw_line, source, line_no)
                 if not text.strip():
                     continue
-                row = json.loads(text)
+                row = parse_json_line(text, source, line_no)
                 if not isinstance(row, dict):
-                    raise DataError(f"expected a JSON object, got {type(row).__name__}", source=str(path),
-                                    line=line_no)
-            except UnicodeDecodeError as exc:
-                policy.handle(DataError(f"not valid UTF-8 ({exc.reason})", source=str(path), line=line_no))
-                continue
-            except json.JSONDecodeError as exc:
-                policy.handle(DataError(f"malformed JSON: {exc.msg} (column {exc.colno})", source=str(path),
-                                        line=line_no))
-                continue
+                    raise DataError(f"expected a JSON object, got {type(row).__name__}", source=source, line=line_no)
             except DataError as exc:
                 policy.handle(exc)
                 continue
@@ -77,9 +68,7 @@ def read_qpn_jsonl(path: str, *, name: str, task: str | None = None, split: str 
     """
     if task not in (None, "ir"):
         raise ConfigError(f"dataset '{name}': query/pos/neg rows are retrieval data, so task must be 'ir'")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
+    path = check_file(path)
     policy = RowPolicy(on_error)
     rows = _load_rows(path, policy)
     lines_of_qid: dict[str, list[int]] = {}
@@ -104,7 +93,7 @@ def read_qpn_jsonl(path: str, *, name: str, task: str | None = None, split: str 
             for i, qid in enumerate(neg_qids):
                 candidates = lines_of_qid.get(str(qid))
                 if not candidates:
-                    raise DataError(f"refers to qid {qid!r}, which no row has", source=str(path),
+                    raise DataError(f"refers to qid {show_value(qid)}, which no row has", source=str(path),
                                     line=line_no, field=f"neg_qids[{i}]")
                 negatives.extend(_positives(row_at_line[candidates[_nearest(candidates, line_no)]]))
             own = set(_positives(row))
@@ -117,6 +106,10 @@ def read_qpn_jsonl(path: str, *, name: str, task: str | None = None, split: str 
             continue
         except TypeError as exc:  # e.g. an unhashable (non-string) passage in a list
             policy.handle(DataError(f"malformed passages: {exc}", source=str(path), line=line_no))
+            continue
+        except (ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+            policy.handle(DataError(f"unreadable row ({type(exc).__name__}: {str(exc)[:200]})", source=str(path),
+                                    line=line_no))
             continue
         meta = {"qid": str(row["qid"])} if row.get("qid") is not None else {}
         records.append(replace(record, meta=meta) if meta else record)

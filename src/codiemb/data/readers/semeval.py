@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, read_text
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -44,11 +44,7 @@ def find_pairs(path: str | Path, subsets: list[str] | None = None) -> list[tuple
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not valid UTF-8 ({exc.reason} at byte {exc.start})", source=str(path)) from None
-    lines = text.split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":  # the final newline does not start another row
         lines.pop()
     return [line.rstrip("\r") for line in lines]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, read_text
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -22,9 +22,7 @@ SPLITS = ("train", "dev", "test")
 
 
 def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_text(path).split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     return [line.rstrip("\r").strip() for line in lines]

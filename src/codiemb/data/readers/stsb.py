@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy
+from codiemb.data.readers.base import ReadResult, RowPolicy, check_file
 from codiemb.data.schema import parse_record
 from codiemb.errors import DataError
 
@@ -20,9 +20,8 @@ _SCORE, _S1, _S2 = 4, 5, 6
 
 def _rows(path: Path):
     """Yield ``(line_no, fields)``; a missing file or a non-UTF-8 file is a DataError."""
-    if not path.is_file():
-        raise DataError("file not found", source=str(path))
-    with path.open(encoding="utf-8", newline="") as fh:
+    path = check_file(path)
+    with path.open(encoding="utf-8-sig", newline="") as fh:  # -sig: a byte-order mark is dropped
         try:
             yield from enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1)
         except UnicodeDecodeError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy, split_file
+from codiemb.data.readers.base import ReadResult, RowPolicy, read_text, split_file
 from codiemb.data.schema import parse_record
 from codiemb.errors import ConfigError, DataError
 
@@ -59,7 +59,7 @@ def read_wikiqa(path: str, *, name: str, task: str | None = None, split: str | N
         raise ConfigError(f"dataset '{name}': WikiQA is answer retrieval, so task must be 'ir', not {task!r}")
     path = wikiqa_file(path, split)
     policy = RowPolicy(on_error)
-    lines = path.read_text(encoding="utf-8-sig").split("\n")
+    lines = read_text(path).split("\n")
     if not lines[0].startswith("QuestionID\tQuestion\t"):
         raise DataError("expected a header starting 'QuestionID<TAB>Question'", source=str(path), line=1)
     # question text -> (first line, positives, negatives); dicts keep first-seen order, so output is stable
