@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="codiemb-hf-datasets-"))
+# The data store's Arrow cache (data.cache_dir) of composed-config tests: a temporary directory, not logs/.
+os.environ.setdefault("CODIEMB_DATA_CACHE", tempfile.mkdtemp(prefix="codiemb-data-cache-"))
 
 
 def tiny_encoder(**kwargs):

@@ -41,7 +41,7 @@ def clone(tmp_path_factory) -> Path:
 def run(clone: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python <args>`` in the clone as a user's shell would run it (the clone's own src/ first on the path,
     as ``pip install -e .`` in that clone would give); only the CI environment variables are set."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ROOT", "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("PROJECT_ROOT", "PYTHONPATH", "CODIEMB_DATA_CACHE")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONPATH=str(clone / "src"))
     return subprocess.run([sys.executable, *args], cwd=clone, env=env, capture_output=True, text=True,

@@ -174,7 +174,7 @@ class RunSession:
             self.lock = None
 
 
-SAMPLER_KEYS = ("policy", "ir_share", "batch_size", "accumulate", "world_size", "seed", "sources")
+SAMPLER_KEYS = ("policy", "ir_share", "batch_size", "accumulate", "world_size", "seed", "sources", "length_grouping")
 _LABELS = {"policy": "task_mix", "ir_share": "task_mix.ir_share", "batch_size": "batch sizes",
            "accumulate": "trainer.accumulate_grad_batches", "world_size": "processes (devices x nodes)",
            "seed": "seed", "sources": "datasets"}
