@@ -10,15 +10,16 @@ import torch.distributed as dist
 from codiemb.losses.gather import all_ranks_finite
 
 
-def build(seed: int = 0):
-    """The same tiny model and losses in every process."""
+def build(seed: int = 0, default_cross_device: bool = False):
+    """The same tiny model and losses in every process (``default_cross_device``: the losses' own default)."""
     from codiemb.losses import CoDiEmbSTSLoss, InfoNCELoss
     from codiemb.models.module import CoDiEmbModule
     from tests.conftest import tiny_encoder
 
     torch.manual_seed(seed)
-    module = CoDiEmbModule(tiny_encoder(), InfoNCELoss(temperature=0.05, cross_device=True),
-                           CoDiEmbSTSLoss(temperature=0.05, cross_device=True))
+    options = {} if default_cross_device else {"cross_device": True}
+    module = CoDiEmbModule(tiny_encoder(), InfoNCELoss(temperature=0.05, **options),
+                           CoDiEmbSTSLoss(temperature=0.05, **options))
     return module.train(False)  # no dropout: the two runs must compute the same function
 
 
@@ -68,6 +69,14 @@ def run_rank(rank: int, world: int, port: int, out: str) -> None:
                     dist.all_reduce(g)
                     g /= world
                 results[task, cross_device] = grads
+        # the IR loss as configured by default (cross_device "auto"): must gather because the world size is 2
+        module = build(default_cross_device=True)
+        half = len(records("ir")) // world
+        grads = gradients(module, collate(module, records("ir")[rank * half:(rank + 1) * half]))
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= world
+        results["ir", "default"] = grads
         # NaN on rank 0 only: every rank must see it, or rank 1 would wait in backward's all-reduce forever
         for case, value in (("finite_one_nan", float("nan") if rank == 0 else 1.0), ("finite_all", 1.0)):
             answers = [None] * world

@@ -52,3 +52,27 @@ def test_without_gathering_the_gradients_differ(distributed, task):
 def test_a_nan_on_one_rank_is_seen_by_every_rank(distributed):
     assert distributed["finite_one_nan"] == [False, False]
     assert distributed["finite_all"] == [True, True]
+
+
+def test_ir_negatives_are_gathered_by_default_when_the_world_size_is_above_one(distributed):
+    """The default IR loss (``cross_device: auto``, as every official script) gathers under DDP ..."""
+    assert max_relative_error(distributed["ir", "default"], single_process_grads("ir")) < 1e-5
+
+
+def test_auto_is_a_no_op_with_one_process_and_only_an_explicit_true_is_refused(compose_cfg):
+    """... and leaves one process alone; ``cross_device=false`` switches it off."""
+    from hydra.utils import instantiate
+
+    from codiemb.errors import ConfigError
+    from codiemb.models.module import gathers
+    from codiemb.training import check_cross_device
+
+    cfg = compose_cfg(["model=tiny"])
+    assert cfg.loss.ir.cross_device == "auto" and cfg.loss.sts.cross_device is False
+    loss = instantiate(cfg.loss.ir)
+    check_cross_device(cfg, world_size=1)
+    assert loss.cross_device == "auto" and not gathers(loss)  # not distributed here
+    assert instantiate(compose_cfg(["loss.ir.cross_device=false"]).loss.ir).cross_device is False
+    with pytest.raises(ConfigError):
+        check_cross_device(compose_cfg(["loss.ir.cross_device=true"]), world_size=1)
+    check_cross_device(compose_cfg(["loss.ir.cross_device=true"]), world_size=2)

@@ -79,3 +79,21 @@ def test_gradient_reaches_embeddings_in_half_precision(generator):
     loss, _ = CoDiEmbSTSLoss()(a, b.bfloat16(), scores, a_mid.bfloat16(), b_mid.bfloat16())
     (grad,) = torch.autograd.grad(loss, a)
     assert loss.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_score_scale_multiplies_only_what_pro_sees(generator):
+    """PRO weights logits by gold gaps, so 0-5 scores and [0, 1] scores give different losses on the same batch;
+    Pearson and rank-KL are scale-free; the middle-layer threshold stays on [0, 1]."""
+    a, b = torch.randn(16, 8, generator=generator), torch.randn(16, 8, generator=generator)
+    a_mid, b_mid = torch.randn(16, 8, generator=generator), torch.randn(16, 8, generator=generator)
+    y = torch.randint(0, 6, (16,), generator=generator).float() / 5
+    cos = F.cosine_similarity(a, b, dim=-1)
+    _, unit = CoDiEmbSTSLoss(score_scale=1.0)(a, b, y, a_mid, b_mid)
+    _, raw = CoDiEmbSTSLoss(score_scale=5.0)(a, b, y, a_mid, b_mid)
+    torch.testing.assert_close(raw["pro"], pro_loss(cos, 5 * y))
+    torch.testing.assert_close(unit["pro"], pro_loss(cos, y))
+    assert not torch.allclose(raw["pro"], unit["pro"], rtol=0.05)
+    for name in ("pearson", "rank_kl", "middle_infonce"):
+        torch.testing.assert_close(raw[name], unit[name])
+    with pytest.raises(ConfigError):
+        CoDiEmbSTSLoss(score_scale=0.0)

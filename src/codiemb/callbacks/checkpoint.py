@@ -8,6 +8,7 @@ that the merge stage uses as its base.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -46,8 +47,9 @@ class PeriodicExport(L.Callback):
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path:
         path = self.dirpath / name
         if trainer.is_global_zero:
+            started = time.perf_counter()
             pl_module.encoder.save(path, card=run_card_info(trainer, pl_module))
-            log.info("exported model to %s", path)
+            log.info("exported model to %s (%.1f s)", path, time.perf_counter() - started)
             # An event the loggers show (a W&B chart of export steps; a column in metrics.csv).
             for logger in trainer.loggers:
                 logger.log_metrics({"events/export_step": float(trainer.global_step)}, step=trainer.global_step)

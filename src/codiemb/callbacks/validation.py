@@ -14,6 +14,7 @@ directly (``pl_module.encoder``), not through the DDP wrapper, so no gradient ho
 from __future__ import annotations
 
 import logging
+import time
 
 import lightning as L
 
@@ -69,9 +70,10 @@ class ValidationCallback(L.Callback):
 
     def _run(self, pl_module, step: int) -> dict[str, float]:
         self._last_step = step
+        started = time.perf_counter()
         self.last_metrics = self.compute(pl_module)
-        log.info("step %d: %s", step, {k: round(v, 2) for k, v in self.last_metrics.items()
-                                        if k.count("/") == 1})
+        log.info("step %d: validation in %.1f s: %s", step, time.perf_counter() - started,
+                 {k: round(v, 2) for k, v in self.last_metrics.items() if k.count("/") == 1})
         return self.last_metrics
 
 

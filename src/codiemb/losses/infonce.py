@@ -12,11 +12,11 @@ import torch
 from torch import Tensor, nn
 
 from codiemb.errors import ConfigError
+from codiemb.losses.infonce_slots import check_temperature, info_nce_slots
 
 
 def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    check_temperature(temperature)
 
 
 def info_nce(query: Tensor, passages: Tensor, positive_mask: Tensor, temperature: float = 0.02) -> Tensor:
@@ -53,24 +53,43 @@ def info_nce(query: Tensor, passages: Tensor, positive_mask: Tensor, temperature
     return terms.sum() / positive_mask.sum().clamp_min(1)
 
 
-class InfoNCELoss(nn.Module):
-    """Module wrapper of :func:`info_nce` for IR batches.
+CANDIDATE_SETS = ("all", "slot")
 
-    ``cross_device`` is only recorded here: the caller gathers embeddings across ranks before calling.
+
+def check_cross_device_mode(value) -> bool | str:
+    """``True``, ``False`` or ``"auto"`` (gather whenever the world size is above 1); ``None`` means auto."""
+    value = "auto" if value is None else value
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ConfigError(f"cross_device must be true, false or auto, got {value!r}")
+
+
+class InfoNCELoss(nn.Module):
+    """IR InfoNCE: :func:`info_nce` (``candidates="all"``) or the official per-slot candidate set
+    (``candidates="slot"``, :func:`~codiemb.losses.infonce_slots.info_nce_slots`).
+
+    ``cross_device`` is only recorded here (``"auto"``: on whenever the world size is above 1, as every
+    official training script); the caller gathers embeddings across ranks before calling.
     """
 
-    def __init__(self, temperature: float = 0.02, cross_device: bool = False):
+    def __init__(self, temperature: float = 0.02, cross_device: bool | str = "auto", candidates: str = "all"):
         super().__init__()
         _check_temperature(temperature)
+        if candidates not in CANDIDATE_SETS:
+            raise ConfigError(f"candidates must be one of {CANDIDATE_SETS}, got {candidates!r}")
         self.temperature = temperature
-        self.cross_device = cross_device
+        self.cross_device = check_cross_device_mode(cross_device)
+        self.candidates = candidates
 
     def forward(self, query: Tensor, passages: Tensor, positive_mask: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = info_nce(query, passages, positive_mask, self.temperature)
+        if self.candidates == "slot":
+            loss = info_nce_slots(query, passages, positive_mask, self.temperature)
+        else:
+            loss = info_nce(query, passages, positive_mask, self.temperature)
         return loss, {"infonce": loss.detach()}
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, cross_device={self.cross_device}"
+        return f"temperature={self.temperature}, cross_device={self.cross_device}, candidates={self.candidates}"
 
 
 def sts_pair_infonce(a: Tensor, b: Tensor, scores: Tensor, positive_threshold: float,

@@ -20,6 +20,9 @@ class CoDiEmbSTSLoss(nn.Module):
     """``loss = w_p * pearson(cos, y) + w_kl * rank_kl(cos, y) + w_pro * pro(cos, y) + w_mid * infonce_mid``.
 
     ``cos_i = cosine(a_i, b_i)`` of the final-layer embeddings, ``y`` the gold scores normalised to [0, 1].
+    PRO sees ``score_scale * y``: its logits are weighted by gold-score gaps, so the scale matters (the official
+    code sees raw scores; ``score_scale=5`` reproduces it on 0-5 data). Pearson and rank-KL are scale-free,
+    and ``positive_threshold`` always applies to ``y`` on [0, 1].
     ``infonce_mid``: :func:`~codiemb.losses.infonce.info_nce` on the L2-normalised middle-layer embeddings,
     anchors ``a_mid[i]`` for the pairs with ``y_i >= positive_threshold``, candidates all ``b_mid`` of the batch,
     positive ``b_mid[i]``; skipped (and absent from ``components``) when ``a_mid`` is ``None``.
@@ -34,13 +37,15 @@ class CoDiEmbSTSLoss(nn.Module):
                  middle_infonce_weight: float = 1.0, positive_threshold: float = 0.8, temperature: float = 0.02,
                  middle_layer: int | None = None, cross_device: bool = False,
                  rank_kl_pred_temperature: float = 0.05, rank_kl_target_temperature: float = 0.05,
-                 pro_temperature: float = 0.05, pro_weighted: bool = True):
+                 pro_temperature: float = 0.05, pro_weighted: bool = True, score_scale: float = 1.0):
         super().__init__()
         weights = dict(pearson_weight=pearson_weight, rank_kl_weight=rank_kl_weight, pro_weight=pro_weight,
                        middle_infonce_weight=middle_infonce_weight)
         negative = {name: value for name, value in weights.items() if value < 0}
         if negative:
             raise ConfigError(f"loss weights must be >= 0, got {negative}")
+        if not score_scale > 0:
+            raise ConfigError(f"score_scale must be > 0, got {score_scale}")
         for value in (temperature, rank_kl_pred_temperature, rank_kl_target_temperature, pro_temperature):
             _check_temperature(value)
         self.pearson_weight = pearson_weight
@@ -55,6 +60,7 @@ class CoDiEmbSTSLoss(nn.Module):
         self.rank_kl_target_temperature = rank_kl_target_temperature
         self.pro_temperature = pro_temperature
         self.pro_weighted = pro_weighted
+        self.score_scale = score_scale
 
     @property
     def needs_middle_layer(self) -> bool:
@@ -67,7 +73,7 @@ class CoDiEmbSTSLoss(nn.Module):
         parts = {
             "pearson": pearson_loss(cos, scores),
             "rank_kl": rank_kl_loss(cos, scores, self.rank_kl_pred_temperature, self.rank_kl_target_temperature),
-            "pro": pro_loss(cos, scores, self.pro_temperature, self.pro_weighted),
+            "pro": pro_loss(cos, scores * self.score_scale, self.pro_temperature, self.pro_weighted),
         }
         weights = {"pearson": self.pearson_weight, "rank_kl": self.rank_kl_weight, "pro": self.pro_weight}
         if a_mid is not None:
@@ -82,4 +88,4 @@ class CoDiEmbSTSLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"pearson={self.pearson_weight}, rank_kl={self.rank_kl_weight}, pro={self.pro_weight}, "
                 f"middle_infonce={self.middle_infonce_weight}, positive_threshold={self.positive_threshold}, "
-                f"temperature={self.temperature}, middle_layer={self.middle_layer}")
+                f"temperature={self.temperature}, middle_layer={self.middle_layer}, score_scale={self.score_scale}")

@@ -55,7 +55,8 @@ def render_model_card(settings: Mapping[str, Any], embedding_dim: int, *, title:
                      f"| passage prompt | {_code(settings.get('passage_prompt'))} |",
                      f"| max length (query / passage) | {settings.get('max_query_length')} / "
                      f"{settings.get('max_passage_length')} |",
-                     f"| bidirectional attention (decoders) | {settings.get('bidirectional', False)} |", ""]
+                     f"| bidirectional attention (decoders) | {settings.get('bidirectional', False)} |",
+                     f"| prompt tokens in mean pooling | {_pools_prompt(settings)} |", ""]
     if datasets:
         lines += ["## Training data", "", "| data set | task | rows |", "|---|---|---|"]
         lines += [f"| {name} | {info.get('task', '')} | {info.get('rows', '')} |" for name, info in datasets.items()]
@@ -107,13 +108,28 @@ def _usage(settings: Mapping[str, Any]) -> list[str]:
              'model = AutoModel.from_pretrained("path/to/this/dir").eval()',
              f'batch = tok(texts, padding=True, truncation=True, return_tensors="pt")  # {padding} padding is fine',
              "with torch.no_grad():", "    hidden = model(**batch).last_hidden_state",
-             "mask = batch['attention_mask'].unsqueeze(-1).float()",
+             "mask = batch['attention_mask'].unsqueeze(-1).float()"] + _prompt_mask(settings) + [
              _POOLING_CODE.get(pooling, "")] + ([normalize.rstrip("\n")] if normalize else []) + ["```"]
     if settings.get("bidirectional"):
         lines += ["", "**Note:** this decoder was trained with bidirectional attention. `SentenceTransformer`/"
                   "`AutoModel` apply the causal mask and give different embeddings; load it with "
                   "`codiemb.models.encoder.Encoder.from_pretrained(dir)`, which restores the full mask."]
     return lines
+
+
+def _pools_prompt(settings: Mapping[str, Any]) -> bool:
+    return bool(settings.get("pool_prompt", True)) or settings.get("pooling", "mean") not in ("mean", "weighted_mean")
+
+
+def _prompt_mask(settings: Mapping[str, Any]) -> list[str]:
+    """Recipe lines that leave the prompt out of mean pooling (``pool_prompt: false``), as training did."""
+    if _pools_prompt(settings):
+        return []
+    return [(f"prompt = {settings.get('passage_prompt', '')!r}  # what precedes `texts`: the passage prompt here; "
+             "the query prompt for queries"),
+            "ids = tok(prompt)['input_ids'] if prompt else []",
+            "n = len(ids) - (ids[-1] in tok.all_special_ids) if ids else 0  # [CLS] + prompt tokens",
+            "mask[:, :n] = 0  # the prompt is left out of the mean (right padding)"]
 
 
 def _describe(losses: Mapping[str, Any] | None, task: str) -> str | None:

@@ -17,11 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
-from codiemb.errors import ConfigError
+from codiemb.models.attention import (  # noqa: F401  (BIDIRECTIONAL_MODEL_TYPES: re-exported)
+    BIDIRECTIONAL_MODEL_TYPES,
+    bidirectional_attention_mask,
+    check_bidirectional_support,
+)
 from codiemb.models.lora import apply_lora, lora_enabled, lora_summary, merged_backbone
-from codiemb.models.pooling import POOLING_MODES, pool
+from codiemb.models.pooling import POOLING_MODES, PROMPT_AWARE_MODES, exclude_prompt, pool
 from codiemb.models.resolve import resolve_model_path
-from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text
+from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text, prompt_prefix, prompt_token_count
 from codiemb.utils.atomic import atomic_directory
 
 CODIEMB_CONFIG = "codiemb.json"
@@ -36,7 +40,7 @@ class Encoder(nn.Module):
                  query_prompt: str = "", passage_prompt: str = "",
                  instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE,
                  max_query_length: int = 64, max_passage_length: int = 256, base_model: str = "",
-                 bidirectional: bool = False):
+                 bidirectional: bool = False, pool_prompt: bool = False):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
@@ -47,6 +51,10 @@ class Encoder(nn.Module):
         self.max_query_length, self.max_passage_length = max_query_length, max_passage_length
         self.base_model = base_model
         self.bidirectional = bidirectional  # decoders only: attend both ways (see bidirectional_attention_mask)
+        # False: mean pooling leaves the prompt / instruction tokens out (features["prompt_length"]), as the
+        # official CoDiEmb code does; CLS and last-token pooling are unaffected.
+        self.pool_prompt = pool_prompt
+        self._prompt_lengths: dict[str, int] = {}
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -58,7 +66,7 @@ class Encoder(nn.Module):
                         trust_remote_code: bool = False, gradient_checkpointing: bool = False,
                         random_init: bool = False, config_overrides: dict | None = None,
                         backbone_kwargs: dict | None = None, bidirectional: bool | None = None,
-                        lora: dict | None = None) -> "Encoder":
+                        lora: dict | None = None, pool_prompt: bool | None = None) -> "Encoder":
         """Load from a hub name or local directory.
 
         Settings saved in an exported directory (``codiemb.json``) are the defaults; explicit arguments win.
@@ -66,6 +74,8 @@ class Encoder(nn.Module):
         which is how tests get tiny models of every architecture without a download.
         ``bidirectional`` lifts the causal mask of decoder backbones (:data:`BIDIRECTIONAL_MODEL_TYPES`);
         ``lora`` (the ``model.lora`` node, see :mod:`codiemb.models.lora`) trains LoRA adapters only.
+        ``pool_prompt`` (default False; True for exports made before the option existed, which pooled it)
+        decides whether mean pooling averages over the prompt tokens too.
         """
         path = resolve_model_path(name_or_path)
         saved = _read_saved_settings(path)
@@ -80,6 +90,7 @@ class Encoder(nn.Module):
             "max_passage_length": max_passage_length or saved.get("max_passage_length", 256),
             "base_model": saved.get("base_model", str(name_or_path)),
             "bidirectional": saved.get("bidirectional", False) if bidirectional is None else bool(bidirectional),
+            "pool_prompt": saved.get("pool_prompt", bool(saved)) if pool_prompt is None else bool(pool_prompt),
         }
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if padding_side:
@@ -119,10 +130,20 @@ class Encoder(nn.Module):
         return [format_text(text, prompt, instruction, self.instruction_template)
                 for text, instruction in zip(texts, instructions)]
 
-    def tokenize(self, texts: Sequence[str], kind: str = "passage") -> dict[str, torch.Tensor]:
+    def prompt_lengths(self, kind: str, instructions: Sequence[str | None]) -> list[int]:
+        """Tokens of each text's prompt (see :func:`codiemb.prompts.prompt_token_count`)."""
+        prompt = self.query_prompt if kind == "query" else self.passage_prompt
+        return [prompt_token_count(self.tokenizer, prompt_prefix(prompt, instruction, self.instruction_template),
+                                   self._prompt_lengths) for instruction in instructions]
+
+    def tokenize(self, texts: Sequence[str], kind: str = "passage",
+                 prompt_lengths: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         max_length = self.max_query_length if kind == "query" else self.max_passage_length
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
-                                   return_tensors="pt"))
+        features = dict(self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length,
+                                       return_tensors="pt"))
+        if prompt_lengths is not None:
+            features["prompt_length"] = torch.tensor(list(prompt_lengths), dtype=torch.long)
+        return features
 
     # ----------------------------------------------------------------- forward
     @property
@@ -134,9 +155,10 @@ class Encoder(nn.Module):
         inputs = {k: v for k, v in features.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         if self.bidirectional:
             inputs["attention_mask"] = bidirectional_attention_mask(features["attention_mask"], self.backbone.config)
+        mask = self.pooling_mask(features)
         if hidden_layer is None:
             out = self.backbone(**inputs, return_dict=True)
-            return self._pool(out.last_hidden_state, features["attention_mask"])
+            return self._pool(out.last_hidden_state, mask)
         # A forward hook on that one layer instead of output_hidden_states: it keeps one extra activation rather
         # than all of them, and works after the model was pickled to spawned DDP workers (transformers' own
         # capture hooks are not restored by unpickling).
@@ -148,7 +170,6 @@ class Encoder(nn.Module):
             out = self.backbone(**inputs, return_dict=True)
         finally:
             handle.remove()
-        mask = features["attention_mask"]
         return self._pool(out.last_hidden_state, mask), self._pool(captured["h"], mask)
 
     def transformer_layers(self) -> nn.ModuleList:
@@ -157,6 +178,13 @@ class Encoder(nn.Module):
             if isinstance(module, nn.ModuleList) and len(module) == self.num_layers:
                 return module
         raise ValueError(f"cannot find the {self.num_layers} transformer layers of {type(self.backbone).__name__}")
+
+    def pooling_mask(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tokens pooling averages over: the attention mask, minus the prompt when ``pool_prompt`` is off."""
+        mask = features["attention_mask"]
+        if self.pool_prompt or self.pooling not in PROMPT_AWARE_MODES or "prompt_length" not in features:
+            return mask
+        return exclude_prompt(mask, features["prompt_length"])
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         emb = pool(hidden, mask, self.pooling)
@@ -173,6 +201,7 @@ class Encoder(nn.Module):
         was_training = self.training
         self.eval()
         formatted = self.format(texts, kind, instructions)
+        lengths = self.prompt_lengths(kind, instructions if instructions is not None else [None] * len(texts))
         order = sorted(range(len(formatted)), key=lambda i: -len(formatted[i]))
         device = next(self.parameters()).device
         chunks = []
@@ -181,8 +210,9 @@ class Encoder(nn.Module):
             from tqdm.auto import tqdm
             starts = tqdm(starts, desc=f"encode {kind}", unit="batch")
         for start in starts:
-            batch = [formatted[i] for i in order[start:start + batch_size]]
-            features = {k: v.to(device) for k, v in self.tokenize(batch, kind).items()}
+            rows = order[start:start + batch_size]
+            features = self.tokenize([formatted[i] for i in rows], kind, [lengths[i] for i in rows])
+            features = {k: v.to(device) for k, v in features.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 chunks.append(self(features).float().cpu())
         self.train(was_training)
@@ -202,7 +232,8 @@ class Encoder(nn.Module):
         return {"pooling": self.pooling, "normalize": self.normalize, "query_prompt": self.query_prompt,
                 "passage_prompt": self.passage_prompt, "instruction_template": self.instruction_template,
                 "max_query_length": self.max_query_length, "max_passage_length": self.max_passage_length,
-                "base_model": self.base_model, "bidirectional": self.bidirectional}
+                "base_model": self.base_model, "bidirectional": self.bidirectional,
+                "pool_prompt": self.pool_prompt}
 
     def save(self, directory: str | Path, extra_files: dict[str, str] | None = None,
              card: dict | None = None) -> Path:
@@ -234,7 +265,10 @@ def write_sentence_transformers_files(directory: Path, settings: dict, dim: int)
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
                         "type": "sentence_transformers.models.Normalize"})
         (directory / "2_Normalize").mkdir(exist_ok=True)
-    pooling = {"word_embedding_dimension": dim, "include_prompt": True}
+    # include_prompt=False makes sentence-transformers drop the prompt's tokens (CLS included) from the mask;
+    # only mean-type pooling may see that (its CLS pooling would otherwise pick the first text token).
+    pool_prompt = settings.get("pool_prompt", True) or settings["pooling"] not in PROMPT_AWARE_MODES
+    pooling = {"word_embedding_dimension": dim, "include_prompt": bool(pool_prompt)}
     pooling.update({key: settings["pooling"] == mode for mode, key in _ST_POOLING_KEYS.items()})
     (directory / "1_Pooling").mkdir(exist_ok=True)
     _dump(directory / "1_Pooling" / "config.json", pooling)
@@ -271,38 +305,6 @@ def _dump(path: Path, obj) -> None:
 def _read_saved_settings(path: str) -> dict:
     file = Path(path) / CODIEMB_CONFIG
     return json.loads(file.read_text()) if file.is_file() else {}
-
-
-# Decoders whose transformers implementation takes a ready 4D attention mask as-is (masking_utils), so the
-# causal mask can be replaced by a padding-only one. Tested: qwen3, llama (tests/ecosystem/test_model_configs.py).
-BIDIRECTIONAL_MODEL_TYPES = ("qwen2", "qwen3", "llama", "mistral")
-
-
-def check_bidirectional_support(config) -> None:
-    model_type = getattr(config, "model_type", "")
-    if model_type not in BIDIRECTIONAL_MODEL_TYPES:
-        why = ("it is an encoder and attends both ways already" if not getattr(config, "is_decoder", False)
-               and "bert" in model_type else "its attention mask cannot be replaced from outside")
-        raise ConfigError(f"model.bidirectional is not offered for {model_type!r}: {why}; "
-                          f"supported: {list(BIDIRECTIONAL_MODEL_TYPES)}")
-    if (getattr(config, "_attn_implementation", None) or "sdpa") not in ("sdpa", "eager"):
-        raise ConfigError("model.bidirectional needs attn_implementation sdpa or eager (flash attention is causal)")
-
-
-def bidirectional_attention_mask(attention_mask: torch.Tensor, config) -> torch.Tensor:
-    """A ``[batch, 1, seq, seq]`` mask: every real token attends to every real token (no causal triangle).
-
-    Padding *queries* attend to everything: a fully masked row gives NaN in SDPA, and NaN values at padding
-    positions would leak through ``0 * NaN``. Their outputs are never pooled. Boolean for SDPA (True = attend),
-    additive float for eager attention.
-    """
-    keys = attention_mask.bool()[:, None, None, :]
-    allowed = keys | ~attention_mask.bool()[:, None, :, None]
-    if getattr(config, "_attn_implementation", "sdpa") == "eager":
-        dtype = config.dtype if isinstance(getattr(config, "dtype", None), torch.dtype) else torch.float32
-        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed,
-                                                                                           torch.finfo(dtype).min)
-    return allowed
 
 
 def _model_class(config, trust_remote_code: bool):

@@ -13,7 +13,7 @@ from torch import nn
 
 from codiemb.errors import CodiembError
 from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
-                                   gather_positive_mask)
+                                   gather_positive_mask, is_distributed)
 from codiemb.models.encoder import Encoder
 
 
@@ -80,13 +80,13 @@ class CoDiEmbModule(L.LightningModule):
             a, b = self.embed(batch["query"], layer), self.embed(batch["passages"], layer)
             (a, a_mid), (b, b_mid) = (a, b) if layer is not None else ((a, None), (b, None))
             scores = batch["scores"]
-            if getattr(self.sts_loss, "cross_device", False):
+            if gathers(self.sts_loss):
                 a, b, scores = all_gather_with_grad(a), all_gather_with_grad(b), all_gather_no_grad(scores)
                 a_mid, b_mid = (None, None) if a_mid is None else (all_gather_with_grad(a_mid),
                                                                      all_gather_with_grad(b_mid))
             return self.sts_loss(a, b, scores, a_mid, b_mid)
         query, passages, mask = self.embed(batch["query"]), self.embed(batch["passages"]), batch["positive_mask"]
-        if getattr(self.ir_loss, "cross_device", False):
+        if gathers(self.ir_loss):
             query, passages = all_gather_with_grad(query), all_gather_with_grad(passages)
             mask = gather_positive_mask(mask)
         return self.ir_loss(query, passages, mask)
@@ -180,6 +180,13 @@ class CoDiEmbModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(self.hparams.schedule, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+
+
+def gathers(loss: nn.Module) -> bool:
+    """Whether ``loss`` sees every rank's embeddings: ``cross_device`` true, or ``"auto"`` (the IR default, as in
+    every official training script) with a world size above 1. One process never gathers."""
+    mode = getattr(loss, "cross_device", False)
+    return is_distributed() and (mode is True or mode == "auto")
 
 
 def rng_states() -> dict:
