@@ -26,7 +26,7 @@ def test_primary_config_and_group_of_the_same_name_compose(group):
     sets = cfg.eval.sets
     assert cfg.task_name == "eval" and cfg.model_path == "bundled:all-MiniLM-L6-v2" and len(sets) >= 2
     for spec in sets:
-        assert {"name", "task", "format", "path"} <= set(spec) and spec.task in ("sts", "ir")
+        assert {"name", "task", "format", "path"} <= set(spec) and spec.task in ("sts", "ir", "pairs")
 
 
 def hydra_list(sets: list[dict]) -> str:

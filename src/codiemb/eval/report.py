@@ -12,7 +12,8 @@ from codiemb.eval.runner import MAIN_METRIC
 from codiemb.eval.sets import parse_sets
 from codiemb.utils.atomic import atomic_write_text
 
-COLUMNS = {"sts": ("spearman", "pearson"), "ir": ("ndcg@10", "mrr@10", "recall@100", "map")}
+COLUMNS = {"sts": ("spearman", "pearson"), "ir": ("ndcg@10", "mrr@10", "recall@100", "map"),
+           "pairs": ("ap", "max_f1")}
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -40,7 +41,7 @@ def results_table(models: dict[str, dict], sets) -> str:
             walls = [models[label]["sets"].get(spec.name, {}).get("wall_s") for label in labels]
             row += [f"{w:.1f}" if w is not None and metric == MAIN_METRIC[spec.task] else "" for w in walls]
             rows.append(row)
-    for key in ("sts_spearman", "ir_ndcg@10", "mean"):
+    for key in ("sts_spearman", "ir_ndcg@10", "pairs_ap", "mean"):
         values = [models[label]["summary"].get(key) for label in labels]
         if any(v is not None for v in values):
             row = ["**average**", "", key] + [_fmt(v) for v in values]

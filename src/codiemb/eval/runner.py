@@ -6,22 +6,29 @@ import logging
 import time
 from statistics import mean
 
+from codiemb.eval.pairs import evaluate_pairs
 from codiemb.eval.retrieval import evaluate_retrieval
 from codiemb.eval.sets import EvalSet, IRData, STSData, load_set, parse_sets
 from codiemb.eval.sts import evaluate_sts
 
 log = logging.getLogger(__name__)
-MAIN_METRIC = {"sts": "spearman", "ir": "ndcg@10"}
+MAIN_METRIC = {"sts": "spearman", "ir": "ndcg@10", "pairs": "ap"}
+# summary key per task: the mean of that task's main metric over its sets
+SUMMARY_KEY = {"sts": "sts_spearman", "ir": "ir_ndcg@10", "pairs": "pairs_ap"}
 
 
 def evaluate_set(encoder, spec: EvalSet, data: STSData | IRData | None = None, *, batch_size: int = 64,
                  **encode_kwargs) -> dict[str, float]:
-    """Scores of one set plus ``main_score`` (Spearman or nDCG@10) and ``wall_s`` (reading included)."""
+    """Scores of one set plus ``main_score`` (Spearman, nDCG@10 or AP) and ``wall_s`` (reading included)."""
     start = time.perf_counter()
     data = data if data is not None else load_set(spec)
     if spec.task == "sts":
         scores = evaluate_sts(encoder, data.sentences1, data.sentences2, data.scores, batch_size=batch_size,
                               **encode_kwargs)
+        size = {"pairs": float(len(data.scores))}
+    elif spec.task == "pairs":
+        scores = evaluate_pairs(encoder, data.sentences1, data.sentences2, data.scores, batch_size=batch_size,
+                                **encode_kwargs)
         size = {"pairs": float(len(data.scores))}
     else:
         scores = evaluate_retrieval(encoder, data.corpus, data.queries, data.qrels, batch_size=batch_size,
@@ -47,15 +54,14 @@ def evaluate(encoder, sets, *, batch_size: int = 64, cache: dict | None = None,
 
 
 def summarize(results: dict[str, dict[str, float]], sets) -> dict[str, float]:
-    """``sts_spearman`` (mean over STS sets), ``ir_ndcg@10`` (mean over IR sets) and ``mean`` of those present."""
+    """``sts_spearman`` (mean over STS sets), ``ir_ndcg@10`` (mean over IR sets), ``pairs_ap`` (mean over
+    pair-classification sets) and ``mean`` of those present."""
     tasks = {spec.name: spec.task for spec in parse_sets(sets)}
     summary = {}
-    sts = [r["spearman"] for name, r in results.items() if tasks.get(name) == "sts"]
-    ir = [r["ndcg@10"] for name, r in results.items() if tasks.get(name) == "ir"]
-    if sts:
-        summary["sts_spearman"] = mean(sts)
-    if ir:
-        summary["ir_ndcg@10"] = mean(ir)
+    for task, key in SUMMARY_KEY.items():
+        values = [r[MAIN_METRIC[task]] for name, r in results.items() if tasks.get(name) == task]
+        if values:
+            summary[key] = mean(values)
     if summary:
         summary["mean"] = mean(summary.values())
     return summary

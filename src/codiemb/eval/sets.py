@@ -7,6 +7,11 @@ Config groups under ``configs/eval/`` hold ``sets:`` lists of these, e.g.::
 
 Formats: ``stsb`` (STS-B TSV), ``beir`` (BEIR folder), ``jsonl`` (the unified schema), or any other
 reader registered in :mod:`codiemb.data.readers` (its records are turned into pairs or a small corpus).
+
+Tasks: ``sts`` (graded pairs, Spearman), ``ir`` (retrieval, nDCG@10) and ``pairs`` (binary pairs such as
+MRPC: average precision of the cosine, :mod:`codiemb.eval.pairs`). Options read here rather than by a
+reader: ``genres`` (STS-B rows of those genres only: ``news``, ``captions``, ``forum``) and
+``positive_min`` (``pairs``: a pair is positive when its score >= this, default 0.5 of MRPC's 0/1).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from typing import Any, Mapping
 
 from codiemb.errors import ConfigError
 
-TASKS = ("sts", "ir")
+TASKS = ("sts", "ir", "pairs")
+PAIR_TASKS = ("sts", "pairs")  # tasks whose data is a list of sentence pairs
+# options this module reads itself (never passed to a reader)
+EVAL_OPTIONS = ("genres", "positive_min")
 
 
 @dataclass(frozen=True)
@@ -27,7 +35,8 @@ class EvalSet:
 
     ``max_queries``/``max_corpus`` shrink an IR set for fast validation during training: the first
     ``max_queries`` judged queries (seeded shuffle) are kept, and the corpus keeps every document they
-    judge plus ``max_corpus`` others. Scores on a shrunk set are not comparable with published ones.
+    judge plus ``max_corpus`` others. ``max_pairs`` keeps that many pairs of an STS or pairs set (seeded,
+    file order kept). Scores on a shrunk set are not comparable with published ones.
     """
 
     name: str
@@ -38,6 +47,7 @@ class EvalSet:
     ignore_identical_ids: bool = False
     max_queries: int | None = None
     max_corpus: int | None = None
+    max_pairs: int | None = None
     seed: int = 0
     # Keep only the queries that codiemb.data.holdout reserves for validation (training drops the same ones).
     holdout_fraction: float | None = None
@@ -98,8 +108,12 @@ def load_set(spec: EvalSet) -> STSData | IRData:
     """Read the files of one set into the evaluators' in-memory form."""
     if not Path(spec.path).exists():
         raise ConfigError(f"eval set {spec.name!r}: path {spec.path} does not exist")
-    if spec.task == "sts":
-        return _load_sts(spec)
+    if spec.task in PAIR_TASKS:
+        data = shrink_pairs(_load_sts(spec), spec.max_pairs, spec.seed)
+        if spec.task == "pairs":
+            threshold = float(spec.options.get("positive_min", 0.5))
+            data = STSData(data.sentences1, data.sentences2, [1.0 if s >= threshold else 0.0 for s in data.scores])
+        return data
     data = _load_ir(spec)
     if spec.holdout_fraction:
         from codiemb.data.holdout import is_held_out
@@ -110,6 +124,12 @@ def load_set(spec: EvalSet) -> STSData | IRData:
 
 
 def _load_sts(spec: EvalSet) -> STSData:
+    if spec.format == "snli":
+        return STSData(*load_snli_graded_pairs(spec.path, spec.split or "test"))
+    if spec.format == "stsb" and spec.options.get("genres"):
+        return STSData(*load_stsb_genre_pairs(spec.path, spec.options["genres"]))
+    if spec.options.get("genres"):
+        raise ConfigError(f"eval set {spec.name!r}: the genres option needs format stsb, not {spec.format!r}")
     if spec.format == "stsb":
         from codiemb.data.readers.stsb import load_stsb_pairs
         return STSData(*load_stsb_pairs(spec.path))
@@ -127,8 +147,66 @@ def _load_ir(spec: EvalSet) -> IRData:
 
 def _records(spec: EvalSet):
     from codiemb.data.readers import read_dataset
-    return read_dataset(spec.format, spec.path, name=spec.name, task=spec.task, split=spec.split,
-                        **dict(spec.options)).records
+    options = {k: v for k, v in spec.options.items() if k not in EVAL_OPTIONS}
+    task = "sts" if spec.task == "pairs" else spec.task  # a pairs set is read as (binary-scored) STS pairs
+    return read_dataset(spec.format, spec.path, name=spec.name, task=task, split=spec.split, **options).records
+
+
+def stsb_genre(raw: str) -> str:
+    """``main-news`` -> ``news``, ``main-forums`` (dev/test spelling) and ``main-forum`` (train) -> ``forum``."""
+    genre = raw.strip().lower().removeprefix("main-")
+    return {"forums": "forum"}.get(genre, genre)
+
+
+def load_stsb_genre_pairs(path: str, genres) -> tuple[list[str], list[str], list[float]]:
+    """The pairs of an STS-B file whose genre (column 0) is one of ``genres``, in file order.
+
+    Same parsing as :mod:`codiemb.data.readers.stsb` (tabs, ``csv.QUOTE_NONE``, columns 4-6)."""
+    import csv
+
+    wanted = {stsb_genre(g) for g in ([genres] if isinstance(genres, str) else genres)}
+    s1, s2, scores, seen = [], [], [], set()
+    with open(path, encoding="utf-8", newline="") as fh:
+        for line, fields in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
+            if not any(f.strip() for f in fields):
+                continue
+            if len(fields) < 7:
+                raise ConfigError(f"{path}:{line}: expected at least 7 tab-separated columns, got {len(fields)}")
+            seen.add(stsb_genre(fields[0]))
+            if stsb_genre(fields[0]) in wanted:
+                s1.append(fields[5])
+                s2.append(fields[6])
+                scores.append(float(fields[4]))
+    if wanted - seen:
+        raise ConfigError(f"{path}: no rows of genre(s) {sorted(wanted - seen)}; genres present: {sorted(seen)}")
+    return s1, s2, scores
+
+
+SNLI_GRADES = {"entailment": 2.0, "neutral": 1.0, "contradiction": 0.0}
+
+
+def load_snli_graded_pairs(path: str, split: str) -> tuple[list[str], list[str], list[float]]:
+    """SNLI (SentEval layout: line-aligned ``s1.<split>``, ``s2.<split>``, ``labels.<split>``) as graded STS
+    pairs: entailment 2, neutral 1, contradiction 0 (the SICK-style reading of NLI labels as relatedness).
+    Text is kept as in the file apart from outer whitespace (SentEval's copy is tokenised)."""
+    root = Path(path)
+    read = lambda name: (root / f"{name}.{split}").read_text(encoding="utf-8").rstrip("\n").split("\n")  # noqa: E731
+    s1, s2, labels = read("s1"), read("s2"), read("labels")
+    if not len(s1) == len(s2) == len(labels):
+        raise ConfigError(f"{path}: s1/s2/labels.{split} have {len(s1)}/{len(s2)}/{len(labels)} lines")
+    unknown = sorted({label.strip() for label in labels} - set(SNLI_GRADES))
+    if unknown:
+        raise ConfigError(f"{path}: unknown SNLI labels {unknown}")
+    return ([a.strip() for a in s1], [b.strip() for b in s2], [SNLI_GRADES[label.strip()] for label in labels])
+
+
+def shrink_pairs(data: STSData, max_pairs: int | None, seed: int = 0) -> STSData:
+    """Keep ``max_pairs`` pairs (seeded choice, file order kept); the whole set when it is smaller."""
+    if max_pairs is None or max_pairs >= len(data.scores):
+        return data
+    keep = sorted(random.Random(seed).sample(range(len(data.scores)), max_pairs))
+    return STSData([data.sentences1[i] for i in keep], [data.sentences2[i] for i in keep],
+                   [data.scores[i] for i in keep])
 
 
 def records_to_ir(records) -> IRData:

@@ -1,0 +1,162 @@
+"""Factor study for issue #19 (gains that travel): train one variant at a time, score it on the guard.
+
+    python bench/guard_factors.py --runs sts_codiemb_stsb sts_cosent_stsb sts_angle_stsb sts_codiemb_full
+    python bench/guard_factors.py --loso cosent            # STS-B genres left out one at a time (STS only)
+    python bench/guard_factors.py --wise logs/fusion_runs/seed42 --lams 0.5 0.7 1.0   # WiSE-FT on a run
+
+Runs are `python train.py experiment=real_cpu` + the run's overrides (one process, seed 42), written to
+logs/guard/runs/<name> (a run with a DONE file is reused). --wise merges a finished run's periodic exports
+with delta fusion at each lam (lam < 1 = WiSE-FT: the fused delta scaled back towards the pre-trained
+weights) into logs/guard/wise/<run>_lam<lam> and scores each on the guard and the recipe's validation sets.
+Scores go to bench/results/guard/<label>.json through bench/guard_eval.py; `in_domain` there names the
+guard sets whose source the model trained on (left out of the verdict). Table: bench/guard_table.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import guard_eval  # noqa: E402  (bench/ is not a package)
+
+STSB_DEV = ["stsb_dev_news", "stsb_dev_captions", "stsb_dev_forum"]
+STS12 = ["sts12_msrpar", "sts12_msrvid", "sts12_smteuroparl"]
+# STS-B train holds 498 of STS12 train's 750 MSRpar pairs and 511 of its 750 MSRvid pairs (STS-B was built
+# from the SemEval data), so those two guard sets are in-domain for any run that trains on STS-B train;
+# SMTeuroparl shares 2 of 734 pairs.
+STSB_TRAINED = STSB_DEV + ["sts12_msrpar", "sts12_msrvid"]
+STSB_TRAIN = "{name:stsb_train,task:sts,format:stsb,path:${paths.shared_data_dir}/stsbenchmark/sts-train.csv}"
+STSB_ONLY = f"data.datasets=[{STSB_TRAIN}]"
+COMMON = ["experiment=real_cpu", "merge=none", "callbacks.validation.every_n_steps=100000",
+          "callbacks.validation.on_train_end=false", "callbacks.progress_bar.refresh_rate=50", "seed=42"]
+
+# name -> (overrides, guard sets trained on, note)
+RUNS = {
+    "sts_codiemb_stsb": (["task_mix=sts_only", "loss=codiemb", STSB_ONLY], STSB_TRAINED,
+                         "STS only, STS-B train, CoDiEmb STS composite"),
+    "sts_cosent_stsb": (["task_mix=sts_only", "loss=cosent", STSB_ONLY], STSB_TRAINED, "STS only, STS-B train, CoSENT"),
+    "sts_angle_stsb": (["task_mix=sts_only", "loss=angle", STSB_ONLY], STSB_TRAINED, "STS only, STS-B train, AnglE"),
+    "sts_codiemb_stsb_lr2e-5": (["task_mix=sts_only", "loss=codiemb", STSB_ONLY, "module.lr=2e-5"], STSB_TRAINED,
+                                "STS only, STS-B train, CoDiEmb STS composite, lr 2e-5 (recipe: 5e-5)"),
+    "sts_cosent_stsb_lr2e-5": (["task_mix=sts_only", "loss=cosent", STSB_ONLY, "module.lr=2e-5"], STSB_TRAINED,
+                               "STS only, STS-B train, CoSENT, lr 2e-5 (recipe: 5e-5)"),
+    "sts_codiemb_stsb_nomid": (["task_mix=sts_only", "loss=codiemb", STSB_ONLY, "loss.sts.middle_infonce_weight=0"],
+                               STSB_TRAINED, "STS only, STS-B train, CoDiEmb STS composite without the "
+                               "middle-layer InfoNCE term"),
+    "sts_codiemb_full": (["task_mix=sts_only", "loss=codiemb"], STSB_DEV + STS12,
+                         "STS only, STS-B + STS12 train (the recipe's STS data), CoDiEmb STS composite"),
+}
+
+
+LOSO_SOURCES = ("news", "captions", "forum", "MSRpar", "MSRvid")  # STS-B genres, then STS-B/STS12 files
+
+
+def loso_runs(loss: str, sources=LOSO_SOURCES) -> dict:
+    """STS only on STS-B train with one source removed: a genre (column 0) or a SemEval file (column 1, e.g.
+    MSRpar, whose pairs STS12 train shares). The filtered copy goes to logs/guard/loso/ (never into the
+    repository). The guard sets whose source is gone from the training rows are the run's out-of-distribution
+    STS sets; the rest stay in-domain."""
+    from codiemb.eval.guard import loso_splits
+    from codiemb.eval.sets import stsb_genre
+
+    lines = (ROOT / ".." / "shared" / "data" / "stsbenchmark" / "sts-train.csv").read_text(
+        encoding="utf-8").splitlines(keepends=True)
+    runs = {}
+    for held, _ in loso_splits(sources):
+        kept = [line for line in lines
+                if held.lower() not in (stsb_genre(line.split("\t")[0]), line.split("\t")[1].lower())]
+        path = ROOT / "logs" / "guard" / "loso" / f"stsb-train-without-{held}.csv"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(kept), encoding="utf-8")
+        genres = {stsb_genre(line.split("\t")[0]) for line in kept}
+        files = {line.split("\t")[1] for line in kept}
+        in_domain = [f"stsb_dev_{g}" for g in ("news", "captions", "forum") if g in genres] + \
+            [f"sts12_{f.lower()}" for f in ("MSRpar", "MSRvid") if f in files]
+        data = f"data.datasets=[{{name:stsb_train,task:sts,format:stsb,path:{path}}}]"
+        runs[f"loso_{loss}_no_{held}"] = (["task_mix=sts_only", f"loss={loss}", data], in_domain,
+                                          f"STS only, STS-B train without {held} ({len(lines) - len(kept)} of "
+                                          f"{len(lines)} pairs removed), loss={loss}")
+    return runs
+
+
+def train(name: str, overrides: list[str]) -> tuple[Path, float, str]:
+    run_dir = ROOT / "logs" / "guard" / "runs" / name
+    cmd = [sys.executable, "train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+    shown = "python " + " ".join(c if " " not in c else repr(c) for c in cmd[1:])
+    done = run_dir / "DONE"
+    if not done.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[guard] {shown}", flush=True)
+        started = time.perf_counter()
+        with open(run_dir.with_suffix(".log"), "w") as log:
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
+        done.write_text(f"{time.perf_counter() - started:.1f}")
+        run_dir.with_suffix(".cmd").write_text(shown + "\n")
+    # the command as actually run (a run started by hand or by an earlier version of this script)
+    shown = run_dir.with_suffix(".cmd").read_text().strip() if run_dir.with_suffix(".cmd").exists() else shown
+    return run_dir, float(done.read_text()), shown
+
+
+def last_export(run_dir: Path) -> Path:
+    return sorted((run_dir / "checkpoints").glob("step_*/"))[-1]
+
+
+def score(label: str, model: Path | str, in_domain: list[str], note: str, cmd: str, train_s, val: bool):
+    argv = ["--label", label, "--model", str(model), "--note", note, "--cmd", cmd] + \
+        (["--train-s", str(train_s)] if train_s is not None else []) + (["--val"] if val else [])
+    payload = guard_eval.main(argv)
+    if payload.get("in_domain") != in_domain:
+        payload["in_domain"] = in_domain
+        (Path(guard_eval.RESULTS) / f"{label}.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def wise(run_dir: Path, lams: list[float], val: bool):
+    """Delta fusion of every periodic export of ``run_dir`` at each lam, scored on the guard (+ validation)."""
+    exports = sorted(str(p) for p in (run_dir / "checkpoints").glob("step_*/"))
+    base = run_dir / "checkpoints" / "initial"
+    name = run_dir.name
+    # a run of this script keeps its own in-domain sets; anything else is taken to be experiment=real_cpu
+    in_domain = RUNS[name][1] if name in RUNS else STSB_DEV + STS12
+    prefix = name if name in RUNS else f"fusion_{name}"
+    if name not in RUNS:
+        score(f"{prefix}_last", exports[-1], in_domain, f"real_cpu run {name}, last export", "", None, val)
+    for lam in lams:
+        out = ROOT / "logs" / "guard" / "wise" / f"{name}_lam{lam}"
+        cmd = [sys.executable, "merge.py", f"merge.base={base}", f"merge.checkpoints=[{','.join(exports)}]",
+               f"merge.output={out}", f"merge.lam={lam}", f"hydra.run.dir={out}_hydra"]
+        if not (out / "model.safetensors").exists():
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        score(f"{prefix}_delta_lam{lam}", out, in_domain,
+              f"run {name}: delta fusion of its {len(exports)} exports, lam {lam}",
+              "python " + " ".join(cmd[1:]), None, val)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="*", default=[], choices=list(RUNS))
+    parser.add_argument("--loso", nargs="*", default=[], help="losses to run leave-one-source-out with")
+    parser.add_argument("--loso-sources", nargs="*", default=list(LOSO_SOURCES))
+    parser.add_argument("--wise", nargs="*", default=[], help="finished real_cpu run directories")
+    parser.add_argument("--lams", nargs="*", type=float, default=[0.5, 0.7, 1.0])
+    parser.add_argument("--val", action="store_true", help="also score the STS/LOSO runs on eval=real_holdout")
+    args = parser.parse_args(argv)
+    runs = {name: RUNS[name] for name in args.runs}
+    for loss in args.loso:
+        runs.update(loso_runs(loss, args.loso_sources))
+    for name, (overrides, in_domain, note) in runs.items():
+        run_dir, seconds, shown = train(name, overrides)
+        score(name, last_export(run_dir), in_domain, note, shown, seconds, args.val)
+    for run in args.wise:
+        wise(Path(run).resolve(), args.lams, val=args.val or Path(run).name not in RUNS)
+
+
+if __name__ == "__main__":
+    main()
