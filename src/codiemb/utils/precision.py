@@ -115,3 +115,21 @@ def resolve_short_precision(value: str | None, accelerator: str = "cpu", what: s
 def autocast_dtype(short: str) -> torch.dtype | None:
     """``bf16`` -> ``torch.bfloat16`` (autocast), ``fp32`` -> None (no autocast)."""
     return torch.bfloat16 if resolve_short_precision(short) == "bf16" else None
+
+
+def forward_seconds(model: torch.nn.Module, batch: dict, rounds: int = 3) -> dict[str, float]:
+    """Best-of-``rounds`` wall time of ``model(**batch)`` on the CPU in fp32 and under bf16 autocast, side by
+    side (``bench/precision.py`` and the slow test that ``auto`` picks the faster one use it)."""
+    import time
+
+    out = {}
+    with torch.inference_mode():
+        for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+            best = float("inf")
+            for _ in range(rounds):
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    model(**batch)
+                best = min(best, time.perf_counter() - start)
+            out[name] = best
+    return out
