@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from codiemb.errors import ConfigError
 from codiemb.merge import merge_from_config
+from codiemb.merge.config import CONFIG_KEYS
 from codiemb.merge.methods import DEFAULT_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,10 +24,9 @@ def test_every_method_config_composes_with_its_defaults(compose_cfg, method):
     cfg = compose_cfg([f"merge={method}"], config_name="merge")
     merge = OmegaConf.to_container(cfg.merge)
     assert merge["method"] == method and cfg.task_name == "merge"
-    assert {k: merge[k] for k in ("base", "checkpoints", "output", "evaluate")} == \
-        {"base": None, "checkpoints": [], "output": None, "evaluate": False}
-    options = {k: v for k, v in merge.items() if k not in ("method", "base", "checkpoints", "output",
-                                                           "evaluate", "score_key")}
+    assert {k: merge[k] for k in ("base", "checkpoints", "output", "evaluate", "runs", "select")} == \
+        {"base": None, "checkpoints": [], "output": None, "evaluate": False, "runs": [], "select": "last"}
+    options = {k: v for k, v in merge.items() if k not in CONFIG_KEYS}
     assert options == DEFAULT_OPTIONS.get(method, {})  # configs document the same defaults as the code
 
 
@@ -57,8 +57,8 @@ def test_merge_from_config_refusals(compose_cfg, tiny_dirs, tmp_path):
     delta = compose_cfg([], config_name="merge").merge
     with pytest.raises(ConfigError, match="merge.base"):
         merge_from_config(delta, checkpoints=ckpts, output=tmp_path / "m")
-    wrong = compose_cfg(["merge.method=ties"], config_name="merge").merge
-    with pytest.raises(ConfigError, match="merge=ties"):
+    wrong = compose_cfg(["merge.method=ties", "merge.granularity=row"], config_name="merge").merge
+    with pytest.raises(ConfigError, match="merge.granularity do not apply"):  # set by the user: refused
         merge_from_config(wrong, base=base, checkpoints=ckpts, output=tmp_path / "m")
     soup = compose_cfg(["merge=greedy_soup"], config_name="merge").merge
     with pytest.raises(ConfigError, match="evaluator"):

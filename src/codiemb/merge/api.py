@@ -1,4 +1,5 @@
-"""The merge stage's entry points: ``merge_models`` (Python), ``merge_from_config`` (train.py, merge.py)."""
+"""The merge stage's entry points: ``merge_models`` (Python), ``merge_from_config`` (train.py, merge.py, the
+fuse callback). ``merge.runs`` fuses the exports of several training runs (:mod:`codiemb.merge.runs`)."""
 
 from __future__ import annotations
 
@@ -12,25 +13,27 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from codiemb.errors import ConfigError
+from codiemb.merge.card import write_merge_card
+from codiemb.merge.config import CONFIG_KEYS, check_merge_config
 from codiemb.merge.greedy import greedy_soup_select
 from codiemb.merge.methods import MergeRule, make_rule
-from codiemb.merge.report import REPORT_JSON, format_table, summarise, write_report
+from codiemb.merge.report import REPORT_JSON, format_table, layer_summary, summarise, write_report
+from codiemb.merge.runs import resolve_members
 from codiemb.merge.stream import (CHUNK_ELEMENTS, ModelDir, TensorReader, check_compatible, merge_tensor,
                                   plan_tensors, write_model_dir)
-from codiemb.utils.atomic import atomic_directory, atomic_write_text
+from codiemb.utils.atomic import atomic_directory, atomic_write_text, remove_stale_temporaries, temp_prefix
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[str], float]
 EvaluateFn = Callable[[str], Mapping[str, float]]
-# Keys of a `merge` config that are not method options.
-CONFIG_KEYS = ("method", "base", "checkpoints", "output", "evaluate", "score_key")
+__all__ = ["merge_models", "merge_from_config", "check_merge_config", "CONFIG_KEYS", "evaluate_models"]
 
 
 def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: str | Path,
                  method: str = "delta", score_fn: ScoreFn | None = None, *,
                  evaluate_fn: EvaluateFn | None = None, chunk_elements: int = CHUNK_ELEMENTS,
-                 **options) -> dict:
+                 members: Sequence[Mapping] | None = None, select: str | None = None, **options) -> dict:
     """Merge exported model directories ``checkpoints`` against ``base`` into ``output``; return the report.
 
     ``method``: delta | uniform | greedy_soup | task_arithmetic | ties | dare, ``options`` as in
@@ -38,8 +41,11 @@ def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: st
     ``score_fn(model_dir)`` (higher is better) is required by greedy_soup.
     ``evaluate_fn(model_dir) -> {metric: value}``, when given, scores the base, every checkpoint and the
     result; the table is logged and stored in the report.
+    ``members`` (one dict per checkpoint: ``trajectory``, ``step``, ``val``...) describe where checkpoints came
+    from when runs are fused; ``layers`` in the report then groups the merging weights by trajectory.
     ``output`` appears complete or not at all; it holds the last checkpoint's non-weight files, the merged
-    ``model.safetensors``, ``merge_report.json`` and ``merge_report.png``.
+    ``model.safetensors``, a model card for the merged model (``README.md``), ``merge_report.json`` and
+    ``merge_report.png``.
     """
     if not checkpoints:
         raise ConfigError("merge needs at least one checkpoint")
@@ -61,29 +67,46 @@ def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: st
               "checkpoints": [str(c) for c in checkpoints], "output": str(output),
               "summary": summarise(stats), "tensors": stats, "copied_from_last_checkpoint": copied,
               "ignored_base_only": ignored, "greedy_soup": greedy}
+    if members is not None:
+        report["members"], report["select"] = [dict(m) for m in members], select
+    groups = [m["trajectory"] for m in members] if members else [f"ckpt {i + 1}" for i in range(len(checkpoints))]
+    report["layers"] = layer_summary(stats, groups)
     with atomic_directory(output) as tmp:
-        write_model_dir(tmp, dirs[-1], tensors, metadata)
+        write_model_dir(tmp, dirs[-1], tensors, metadata, skip=("README.md",))
         write_report(report, tmp)
+        write_merge_card(report, tmp)
     del tensors
     log.info("merged %d checkpoints with %s into %s", len(checkpoints), method, output)
     if evaluate_fn is not None:
-        report["evaluation"] = evaluate_models(base, checkpoints, output, evaluate_fn, method)
+        labels = [f"{m['trajectory']} @ step {m['step']}" for m in members] if members else None
+        report["evaluation"] = evaluate_models(base, checkpoints, output, evaluate_fn, method, labels)
         atomic_write_text(output / REPORT_JSON, json.dumps(report, indent=2) + "\n")
+        write_merge_card(report, output)
     return report
 
 
 def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
-                      evaluate_fn: EvaluateFn | None = None) -> dict | None:
+                      evaluate_fn: EvaluateFn | None = None, user_overrides: Sequence[str] | None = None) -> dict | None:
     """Run the stage described by a ``merge`` config group (``configs/merge/<method>.yaml``).
 
     Explicit ``base``/``checkpoints``/``output`` override the config (train.py passes its run's directories).
-    ``method: none`` returns None. ``evaluate: true`` needs ``evaluate_fn``; greedy_soup scores with
-    ``evaluate_fn(dir)[score_key]``. Every other key is an option of the method.
+    ``runs`` (run or sweep directories) + ``select`` (last | all | best_val) take the checkpoints from training
+    runs instead, with their common initial weights as base. ``method: none`` returns None. ``evaluate: true``
+    needs ``evaluate_fn``; greedy_soup scores with ``evaluate_fn(dir)[score_key]``. Every other key is an
+    option of the method; see :func:`codiemb.merge.config.check_merge_config` for which ones count.
     """
-    cfg = _to_dict(cfg)
+    cfg = check_merge_config(cfg, user_overrides)
     method = cfg.get("method")
     if method in (None, "none"):
         return None
+    members = None
+    runs = cfg.get("runs") or []
+    if runs and checkpoints is None:
+        if cfg.get("checkpoints"):
+            raise ConfigError("set merge.runs or merge.checkpoints, not both")
+        common, found = resolve_members(runs, cfg.get("select") or "last", cfg.get("score_key", "val/mean"))
+        base = base if base is not None else (cfg.get("base") or common)
+        checkpoints, members = [m.export for m in found], [m.as_dict() for m in found]
     base = base if base is not None else cfg.get("base")
     checkpoints = list(checkpoints if checkpoints is not None else cfg.get("checkpoints") or [])
     output = output if output is not None else cfg.get("output")
@@ -91,7 +114,8 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
         if value is None:
             raise ConfigError(f"{key} is not set (e.g. `python merge.py {key}=<dir>`)")
     if not checkpoints:
-        raise ConfigError("merge.checkpoints is empty (e.g. `merge.checkpoints=[<dir>,<dir>]`)")
+        raise ConfigError("merge.checkpoints is empty (e.g. `merge.checkpoints=[<dir>,<dir>]`, or "
+                          "`merge.runs=[<run dir>,...]` / `merge.runs=<multirun dir>`)")
     needs_scores = cfg.get("evaluate") or method == "greedy_soup"
     if needs_scores and evaluate_fn is None:
         raise ConfigError(f"{'greedy_soup' if method == 'greedy_soup' else 'merge.evaluate=true'} needs an "
@@ -102,12 +126,15 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
     score_fn = (lambda d: float(cached(d)[score_key])) if method == "greedy_soup" else None
     options = {k: v for k, v in cfg.items() if k not in CONFIG_KEYS}
     return merge_models(base, checkpoints, output, method, score_fn,
-                        evaluate_fn=cached if cfg.get("evaluate") else None, **options)
+                        evaluate_fn=cached if cfg.get("evaluate") else None, members=members,
+                        select=cfg.get("select") if members else None, **options)
 
 
-def evaluate_models(base, checkpoints, output, evaluate_fn: EvaluateFn, method: str) -> dict:
+def evaluate_models(base, checkpoints, output, evaluate_fn: EvaluateFn, method: str,
+                    labels: Sequence[str] | None = None) -> dict:
     """Score base, checkpoints and merged result; log one table."""
-    models = [("base", base)] + [(f"ckpt {i + 1}: {Path(c).name}", c) for i, c in enumerate(checkpoints)]
+    labels = labels or [f"ckpt {i + 1}: {Path(c).name}" for i, c in enumerate(checkpoints)]
+    models = [("base", base)] + list(zip(labels, checkpoints))
     models.append((f"merged ({method})", output))
     rows = [{"model": label, **flat_metrics(evaluate_fn(str(path)))} for label, path in models]
     table = format_table(rows)
@@ -137,7 +164,8 @@ def _select_greedy(reader, merged_names, copied, score_fn: ScoreFn, output: Path
         rule = make_rule("greedy_soup", members=[i in members for i in range(len(individual))])
         tensors, _ = _merge_all(reader, merged_names, copied, rule, chunk_elements)
         output.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.soup-", dir=output.parent))
+        remove_stale_temporaries(output)
+        scratch = Path(tempfile.mkdtemp(prefix=temp_prefix(output, "soup"), dir=output.parent))
         try:
             write_model_dir(scratch / "model", reader.dirs[-1], tensors, {})
             del tensors
@@ -176,13 +204,3 @@ def flat_metrics(result: Mapping) -> dict[str, float]:
         if "main_score" in scores:
             flat[f"val/{name}"] = float(scores["main_score"])
     return flat
-
-
-def _to_dict(cfg) -> dict:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with hydra
-        pass
-    return dict(cfg)

@@ -11,7 +11,9 @@ tensors and are what the hand-worked tests exercise.
 
 Methods
 -------
-* ``delta`` (CoDiEmb, arXiv 2508.11442): ``a_k = n_k^p / sum_j n_j^p`` with ``n_k = |d_k|`` per element,
+* ``delta`` (CoDiEmb's delta-guided fusion, arXiv 2508.11442; the paper gives the principle, weighting each
+  checkpoint's update by its magnitude, and the exact formula here is this project's reading of it):
+  ``a_k = n_k^p / sum_j n_j^p`` with ``n_k = |d_k|`` per element,
   the L2 norm of the row of ``d_k`` (``granularity="row"``: dim 0 indexes rows, a 1-D tensor has one element
   per row) or of the whole tensor (``"tensor"``); ``c_k = lam * a_k``; where every ``n_k`` is 0 the element
   keeps w0.

@@ -8,6 +8,9 @@ loading all state dicts. Reading only the requested bytes keeps the RSS at the c
 Format (https://github.com/huggingface/safetensors#format): 8-byte little-endian header length N, N bytes of
 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``, then the data, with
 offsets relative to byte 8 + N, row-major and little-endian.
+
+Writing goes through ``safetensors.torch.save_file`` (:func:`write_safetensors`), which creates the file 0600;
+the file is then given the permissions ``open()`` would (``0o666 & ~umask``) so merged models can be shared.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from codiemb.errors import MergeError
+from codiemb.utils.atomic import make_readable
 
 DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -77,6 +81,11 @@ class SafetensorsFile:
             return torch.frombuffer(buffer, dtype=dtype).reshape(shape)
         return torch.empty(shape, dtype=dtype)
 
+    def raw(self, name: str) -> bytes:
+        """The stored bytes of one tensor (fingerprints compare weights without decoding them)."""
+        begin, end = self._entries[name]["data_offsets"]
+        return self._pread(end - begin, self._data_start + begin)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -100,3 +109,11 @@ class SafetensorsFile:
             if got == 0:
                 raise MergeError(f"{self.path}: file ends early (truncated safetensors?)")
             done += got
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """``save_file`` with the umask's permissions instead of the writer's 0600."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    make_readable(path)

@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors.torch import save_file
-
 from codiemb.errors import MergeError
 from codiemb.merge.methods import ChunkContext, MergeRule, ties_thresholds
-from codiemb.merge.safetensors_io import SafetensorsFile
+from codiemb.merge.safetensors_io import SafetensorsFile, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +206,13 @@ def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
         else:
             merged[start:stop] = piece.to(out_dtype)
         contributions.abs_()
-        top, winner = contributions.reshape(k, -1).max(dim=0)
+        flat = contributions.reshape(k, -1)
+        top = flat.amax(dim=0)
         changed = top > 0
-        stats.dominant += torch.bincount(winner[changed], minlength=k).double()
+        # An element tied between checkpoints (e.g. equal weight-decay-only updates of unused embedding rows)
+        # is shared equally among them, not credited to the first.
+        is_top = (flat == top) & changed
+        stats.dominant += (is_top.double() / is_top.sum(dim=0).clamp_min(1)).sum(dim=1)
         stats.unchanged += int((~changed).sum())
     return merged, stats
 
@@ -224,9 +226,9 @@ def _deltas(reader: TensorReader, name: str, start, stop, base: torch.Tensor | N
 
 
 def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.Tensor],
-                    metadata: dict) -> None:
-    """Non-weight files of ``template`` plus ``tensors`` as model.safetensors, into ``target`` (fresh dir)."""
-    skip = template.weight_files
+                    metadata: dict, skip: tuple[str, ...] = ()) -> None:
+    """Non-weight files of ``template`` (less ``skip``) plus ``tensors`` as model.safetensors, into ``target``."""
+    skip = template.weight_files | set(skip)
     target.mkdir(parents=True, exist_ok=True)
     for item in template.path.iterdir():
         if item.name in skip:
@@ -235,7 +237,7 @@ def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.T
             shutil.copytree(item, target / item.name)
         else:
             shutil.copy2(item, target / item.name)
-    save_file(tensors, str(target / WEIGHTS_NAME), metadata={**metadata, "format": "pt"})
+    write_safetensors(tensors, target / WEIGHTS_NAME, metadata={**metadata, "format": "pt"})
 
 
 def _read_json(path: Path) -> dict | None:

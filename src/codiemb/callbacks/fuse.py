@@ -1,0 +1,105 @@
+"""Sweep to fused model in one command: a Hydra callback that fuses a multirun's runs when the sweep ends.
+
+    python train.py -m experiment=real_cpu seed=1,2,3 +fuse=delta
+
+``configs/fuse/<method>.yaml`` registers :class:`FuseRuns` under ``hydra.callbacks.fuse`` with the merge
+method's options. At ``on_multirun_end`` it fuses every run under the sweep directory
+(:func:`codiemb.merge.api.merge_from_config` with ``runs=[<sweep dir>]``) into ``<sweep dir>/fused``, scores
+the base, the members and the fused model on the sweep's validation sets (``val.sets``), prints that table
+and the per-layer / per-trajectory merging weights, and logs both to W&B when the sweep logs there.
+A thin adapter: finding runs, choosing exports and checking the common base live in ``codiemb.merge.runs``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+class FuseRuns(Callback):
+    def __init__(self, method: str = "delta", select: str = "last", output: str | None = None,
+                 evaluate: bool = True, score_key: str = "val/mean", **options: Any):
+        self.method, self.select, self.output = method, select, output
+        self.evaluate, self.score_key, self.options = evaluate, score_key, dict(options)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from codiemb.errors import CodiembError
+        from codiemb.merge.api import merge_from_config
+        from codiemb.merge.report import format_layers
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        output = Path(self.output) if self.output else sweep_dir / "fused"
+        sets = OmegaConf.to_container(config.val.sets, resolve=True) if config.get("val") else []
+        evaluate = bool(self.evaluate and sets) or self.method == "greedy_soup"
+        merge_cfg = {"method": self.method, "runs": [str(sweep_dir)], "select": self.select,
+                     "output": str(output), "evaluate": bool(self.evaluate and sets), "score_key": self.score_key,
+                     **self.options}
+        try:
+            report = merge_from_config(merge_cfg, evaluate_fn=validation_scorer(sets) if evaluate else None,
+                                       user_overrides=[f"merge.{k}" for k in self.options])
+        except CodiembError as exc:
+            print(f"codiemb: error: fusing the sweep's runs: {exc}", flush=True)
+            raise
+        lines = [f"fused {len(report['checkpoints'])} exports of {len(report['layers']['groups'])} runs "
+                 f"({self.method}, select={self.select}) into {output}", format_layers(report["layers"])]
+        if report.get("evaluation"):
+            lines += ["validation (x100):", report["evaluation"]["table"]]
+        print("\n".join(lines), flush=True)
+        log_to_wandb(config, report, output)
+
+
+def validation_scorer(sets: list):
+    """``model_dir -> {"val/<metric>": value}`` on the given validation sets."""
+    from codiemb.eval.runner import evaluate_model_dir
+
+    def score(model_dir: str) -> dict[str, float]:
+        return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
+    return score
+
+
+def log_to_wandb(config: DictConfig, report: dict, output: Path) -> None:
+    """When the sweep's runs log to W&B (a ``WandbLogger`` in ``logger``): one more run, job type ``fuse``, with
+    the per-layer weights table, the evaluation table, the report figure and the report file."""
+    loggers = OmegaConf.to_container(config.get("logger") or {}, resolve=False)
+    settings = next((v for v in loggers.values() if isinstance(v, dict)
+                     and str(v.get("_target_", "")).endswith("WandbLogger")), None)
+    if settings is None:
+        return
+    import wandb
+
+    from codiemb.utils.resolvers import wandb_offline
+
+    run = wandb.init(project=_literal(settings.get("project")), entity=_literal(settings.get("entity")),
+                     job_type="fuse", name=f"fused-{output.parent.name}", dir=str(output.parent),
+                     mode="offline" if wandb_offline() else None,
+                     config={"method": report["method"], "options": report["options"], "select": report.get("select"),
+                             "members": report.get("members")})
+    layers = report["layers"]
+    data = [[layer, group, entry["mean_weight"][i], entry["dominant_fraction"][i]]
+            for layer, entry in layers["layers"].items() for i, group in enumerate(layers["groups"])]
+    payload = {"fuse/layers": wandb.Table(columns=["layer", "trajectory", "mean_weight", "dominant_fraction"],
+                                          data=data)}
+    rows = (report.get("evaluation") or {}).get("rows") or []
+    if rows:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        payload["fuse/evaluation"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+    if (output / "merge_report.png").is_file():
+        payload["fuse/report"] = wandb.Image(str(output / "merge_report.png"))
+    run.log(payload)
+    artifact = wandb.Artifact(f"fuse-report-{run.id}", type="merge_report")
+    for name in ("merge_report.json", "README.md", "merge_report.png"):
+        if (output / name).is_file():
+            artifact.add_file(str(output / name))
+    run.log_artifact(artifact)
+    run.finish()
+
+
+def _literal(value):
+    """A plain config value, or None for an interpolation (the sweep's run-time nodes do not resolve here)."""
+    return None if value is None or "${" in str(value) else value
