@@ -85,7 +85,10 @@ def main() -> None:
         env = result["environment"]
         walls = ", ".join(f"{Path(r['run']).name} {r['wall_s']:.0f}" for r in result["runs"] if r.get("wall_s"))
         print(f"### {result['sweep']} ({len(result['runs'])} trajectories)\n")
-        print(f"`{file.name}`; git {env['git_revision'][:7]} ({env['git_tree']}); {env['cpu']} "
+        trained = next((r.get("git_at_training") for r in result["runs"] if r.get("git_at_training")), None)
+        where = f"trained at git {trained[:7]}, scored at {env['git_revision'][:7]}" if trained else \
+            f"git {env['git_revision'][:7]}"
+        print(f"`{file.name}`; {where} (both with uncommitted work on top); {env['cpu']} "
               f"({env['cpu_capability']}), torch {env['torch']}; {env['precision']}. "
               f"Train wall time (s): {walls or '-'}.\n")
         print("\n".join(table(result)) + "\n")
