@@ -34,6 +34,21 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
 
 
+def write_result(name: str, command: str, wall_s: float, metrics: dict, **extra) -> None:
+    """``bench/results/fidelity/<name>.json``: command, git revision (+ hash of the uncommitted diff), wall time,
+    CPU capability, load and the metrics; also printed. Shared with ``bench/fidelity_eval.py``."""
+    import torch
+
+    result = {"name": name, "command": command, **extra, "git_revision": git("rev-parse", "HEAD"),
+              "uncommitted_diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest(),
+              "wall_time_s": round(wall_s, 1), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "omp_threads": 1, "load_average": os.getloadavg(), "metrics": metrics}
+    out = ROOT / "bench" / "results" / "fidelity" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
 def final_metrics(run_dir: Path) -> dict[str, float]:
     values: dict[str, float] = {}
     for file in run_dir.glob("**/metrics.csv"):
@@ -56,22 +71,12 @@ def main() -> None:
     env.setdefault("HF_DATASETS_CACHE", str(WORK / "hf-datasets"))
     cmd = [sys.executable, "train.py", *BASE, *overrides, f"paths.log_dir={WORK / 'logs'}",
            f"paths.shared_data_dir={ROOT.parent / 'shared' / 'data'}", f"hydra.run.dir={run_dir}"]
-    import torch
-
     started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(WORK / f"{name}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=snap, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    wall = time.perf_counter() - started
-    result = {"name": name, "command": " ".join(["python train.py", *BASE, *overrides]), "returncode": rc,
-              "git_revision": git("rev-parse", "HEAD"),
-              "uncommitted_diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest(),
-              "wall_time_s": round(wall, 1), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "omp_threads": 1, "load_average": os.getloadavg(), "metrics": final_metrics(run_dir)}
-    out = ROOT / "bench" / "results" / "fidelity" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+    write_result(name, " ".join(["python train.py", *BASE, *overrides]), time.perf_counter() - started,
+                 final_metrics(run_dir), returncode=rc)
 
 
 if __name__ == "__main__":

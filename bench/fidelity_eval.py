@@ -9,10 +9,6 @@ Writes ``bench/results/fidelity/NAME.json`` (command, git revision, wall time, C
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +16,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from fidelity import write_result  # noqa: E402  (the result-file format of bench/fidelity.py)
+
 SHARED = ROOT.parent / "shared" / "data"
 PROMPT = "Instruction: Given a web search query, retrieve relevant passages that answer the query Query: "
 SETS = [{"name": "stsb_dev", "task": "sts", "format": "stsb", "path": str(SHARED / "stsbenchmark" / "sts-dev.csv")},
@@ -38,20 +38,10 @@ def main() -> None:
     encoder = Encoder.from_pretrained("bundled:all-MiniLM-L6-v2", query_prompt=prompt, pool_prompt=pool_prompt)
     results = evaluate(encoder, SETS, batch_size=64)
     summary = summarize(results, SETS)
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-    out = {"name": name, "command": f"python bench/fidelity_eval.py {name} {sys.argv[2]} '{prompt}'",
-           "git_revision": git("rev-parse", "HEAD"),
-           "uncommitted_diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest(),
-           "wall_time_s": round(time.perf_counter() - started, 1),
-           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "omp_threads": 1,
-           "load_average": os.getloadavg(),
-           "metrics": {**{f"val/{k}": v for k, v in summary.items()},
-                       **{f"val/{s}/{k}": v for s, r in results.items() for k, v in r.items()}}}
-    path = ROOT / "bench" / "results" / "fidelity" / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out, indent=1))
+    write_result(name, f"python bench/fidelity_eval.py {name} {sys.argv[2]} '{prompt}'",
+                 time.perf_counter() - started,
+                 {**{f"val/{k}": v for k, v in summary.items()},
+                  **{f"val/{s}/{k}": v for s, r in results.items() for k, v in r.items()}})
 
 
 if __name__ == "__main__":
