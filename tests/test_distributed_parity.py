@@ -1,5 +1,6 @@
 """Cross-device negatives: 2 gloo processes holding half a batch each must match 1 process holding all of it."""
 
+import os
 import socket
 
 import pytest
@@ -18,6 +19,9 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def distributed(tmp_path_factory):
     """Run the 2-process gloo group once; gradients per (task, cross_device)."""
+    if os.path.isdir("/proc/self/fd"):  # past 1024, the spawned gloo ranks sometimes abort ("terminate called")
+        assert len(os.listdir("/proc/self/fd")) < 512, "the test process leaks file descriptors: " + ", ".join(
+            sorted({os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")})[:20])
     out = str(tmp_path_factory.mktemp("parity") / "grads.pt")
     mp.spawn(dist_worker.run_rank, args=(2, free_port(), out), nprocs=2, join=True)
     return torch.load(out)

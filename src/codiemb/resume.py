@@ -201,6 +201,7 @@ def open_run(cfg: DictConfig) -> RunSession:
             session.lock = RunLock.acquire(session.output_dir)
             _refuse_other_run(cfg, ckpt_path)
         except ConfigError:
+            session.close()
             discard_hydra_output(session.output_dir)
             raise
     if not ckpt_path:

@@ -44,9 +44,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
 
     session = open_run(cfg)  # lock the run directory; find, read and check the checkpoint to resume from
-    if session.finished is not None:  # resume=auto on a finished run: nothing to do, nothing changed
+    try:
+        if session.finished is not None:  # resume=auto on a finished run: nothing to do, nothing changed
+            return session.finished
+        return _fit(cfg, session, notes, precision_line, started)
+    finally:  # a failed job gives its directory and lock back too: an in-process sweep runs many jobs
         session.close()
-        return session.finished
+
+
+def _fit(cfg: DictConfig, session, notes: list[str], precision_line: str, started: float) -> dict[str, Any]:
     notes.extend(session.notes)
     session.notes, ckpt_path = notes, session.ckpt_path
     prepare_mined_data(cfg)

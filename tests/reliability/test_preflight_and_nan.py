@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,21 @@ def test_non_finite_sts_loss_on_the_first_step_leaves_no_checkpoint(compose_cfg)
                                                  r"'sts_general', micro-batch 0\); stopped before"):
         train(cfg)
     assert not list((Path(cfg.paths.output_dir) / "checkpoints").glob("*.ckpt"))
+
+
+def test_a_failed_run_gives_back_its_lock_and_file_descriptor(compose_cfg):
+    """Hydra multirun and Optuna run jobs in one process: a failed job must not keep its run directory locked
+    (nor an open descriptor: the test process once passed 1024 of them, and spawned gloo workers then aborted)."""
+    from codiemb import run_dir
+
+    cfg = with_poisoned_loss(compose_cfg(FAST + ["task_mix=sts_only"]), "sts", call=1, value=math.nan)
+    lock_file = str(Path(cfg.paths.output_dir).resolve() / run_dir.LOCK_NAME)
+    with pytest.raises(NonFiniteLossError):
+        train(cfg)
+    assert not run_dir._held_locks
+    open_files = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+                  if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert lock_file not in open_files
 
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])

@@ -180,7 +180,9 @@ def _weights(model: ModelDir) -> str:
     try:
         for name in sorted(model.tensor_files):
             file = model.tensor_files[name]
-            handle = handles.setdefault(file, SafetensorsFile(file))
+            if file not in handles:  # one open file per shard (setdefault would open it once per tensor)
+                handles[file] = SafetensorsFile(file)
+            handle = handles[file]
             digest.update(f"{name}:{handle.dtype(name)}:{handle.shape(name)}".encode())
             digest.update(handle.raw(name))
     finally:
