@@ -55,8 +55,8 @@ RUNS = {
     # the joint recipe (experiment=real_cpu: STS-B + STS12 train, SciFact + PubMedQA + Climate-FEVER + MedQuAD)
     "joint_recipe": ([], STSB_DEV + STS12, "joint recipe (experiment=real_cpu), lr 5e-5"),
     "joint_lr2e-5": (["module.lr=2e-5"], STSB_DEV + STS12, "joint recipe, lr 2e-5 (recipe: 5e-5)"),
-    "joint_l2sp": (["module.l2sp_weight=0.01"], STSB_DEV + STS12,
-                   "joint recipe, L2-SP: + 0.01 * ||w - w0||^2 over the encoder's weights"),
+    "joint_l2sp": (["module.l2sp_weight=0.1"], STSB_DEV + STS12,
+                   "joint recipe, L2-SP: + 0.1 * ||w - w0||^2 over the encoder's weights"),
     "joint_freeze_emb": (["module.freeze_embeddings=true"], STSB_DEV + STS12,
                          "joint recipe, embedding layer frozen"),
 }

@@ -48,6 +48,7 @@ NUMERIC_RULES: dict[str, tuple[float, bool, bool, tuple]] = {
     "module.weight_decay": (0, False, _REAL, ()),
     "module.warmup_ratio": (0, False, _REAL, ()),
     "module.embed_chunk_size": (1, True, _INT, ()),
+    "module.l2sp_weight": (0, False, _REAL, ()),
     "loss.ir.temperature": (0, True, _REAL, ()),
     "loss.sts.temperature": (0, True, _REAL, ()),
 }

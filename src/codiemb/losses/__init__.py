@@ -8,6 +8,7 @@ from codiemb.losses.angle import AnglELoss, angle_loss, pairwise_angle_similarit
 from codiemb.losses.cosent import CoSENTLoss, cosent_loss
 from codiemb.losses.infonce import InfoNCELoss, STSInfoNCELoss, info_nce, sts_pair_infonce
 from codiemb.losses.infonce_slots import info_nce_slots, passage_slots
+from codiemb.losses.l2sp import l2sp_penalty
 from codiemb.losses.pearson import PearsonLoss, pearson_loss
 from codiemb.losses.pro import PROLoss, pro_loss
 from codiemb.losses.rank_kl import RankKLLoss, normalised_average_ranks, rank_kl_loss
@@ -15,6 +16,6 @@ from codiemb.losses.sts_composite import CoDiEmbSTSLoss
 
 __all__ = [
     "AnglELoss", "CoDiEmbSTSLoss", "CoSENTLoss", "InfoNCELoss", "PROLoss", "PearsonLoss", "RankKLLoss",
-    "STSInfoNCELoss", "angle_loss", "cosent_loss", "info_nce", "info_nce_slots", "normalised_average_ranks",
+    "STSInfoNCELoss", "angle_loss", "cosent_loss", "info_nce", "info_nce_slots", "l2sp_penalty", "normalised_average_ranks",
     "pairwise_angle_similarity", "passage_slots", "pearson_loss", "pro_loss", "rank_kl_loss", "sts_pair_infonce",
 ]

@@ -14,6 +14,7 @@ from torch import nn
 from codiemb.errors import CodiembError
 from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
                                    gather_positive_mask, is_distributed)
+from codiemb.losses.l2sp import l2sp_penalty
 from codiemb.models.encoder import Encoder
 
 
@@ -35,9 +36,16 @@ class CoDiEmbModule(L.LightningModule):
 
     def __init__(self, encoder: Encoder, ir_loss: nn.Module, sts_loss: nn.Module, lr: float = 2e-5,
                  weight_decay: float = 0.01, warmup_ratio: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: str = "linear", embed_chunk_size: int | None = None):
+                 eps: float = 1e-8, schedule: str = "linear", embed_chunk_size: int | None = None,
+                 l2sp_weight: float = 0.0, freeze_embeddings: bool = False):
         super().__init__()
         self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
+        if freeze_embeddings:  # the token-embedding table keeps its pre-trained rows (robust fine-tuning)
+            encoder.backbone.get_input_embeddings().requires_grad_(False)
+        # L2-SP's anchor: the trainable weights as built here, i.e. pre-trained (a resume loads its checkpoint
+        # later, so the anchor stays the starting point); a plain dict, so it is never saved in a checkpoint.
+        self._anchors = {name: p.detach().clone() for name, p in encoder.named_parameters()
+                         if p.requires_grad} if l2sp_weight else {}
         # from_pretrained leaves Hugging Face models in eval mode and Lightning keeps module modes as they
         # are, so switch to train mode here: dropout on, as in every other fine-tuning framework.
         self.train()
@@ -73,6 +81,15 @@ class CoDiEmbModule(L.LightningModule):
         return torch.cat([o[0] for o in outputs]), torch.cat([o[1] for o in outputs])
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The task's loss, plus ``l2sp_weight * sum ||w - w0||^2`` when L2-SP is on (``components["l2sp"]``)."""
+        loss, components = self.task_loss(batch)
+        if self._anchors:
+            named = dict(self.encoder.named_parameters())
+            penalty = l2sp_penalty([named[name] for name in self._anchors], self._anchors.values())
+            loss, components = loss + self.hparams.l2sp_weight * penalty, {**components, "l2sp": penalty.detach()}
+        return loss, components
+
+    def task_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         # Under DDP all ranks must be on the same task and dataset, or a gather would hang or mix tasks.
         assert_lockstep(f"{batch['task']}/{batch['dataset']}", self.device)
         if batch["task"] == "sts":
@@ -119,6 +136,9 @@ class CoDiEmbModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "mark_consumed"):
             datamodule.mark_consumed(batch["position"])
+
+    def on_fit_start(self) -> None:
+        self._anchors = {name: a.to(self.device) for name, a in self._anchors.items()}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save RNG states; dropout masks after a resume must match the uninterrupted run.
