@@ -3,7 +3,6 @@ loggers' merge event. Called by :func:`codiemb.training.train` on rank 0 after f
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,31 +22,30 @@ def validation_sets(cfg: DictConfig) -> list:
     return list((cfg.get("val") or {}).get("sets") or [])
 
 
-def run_merge_stage(cfg: DictConfig, base: Path, checkpoints: list[Path], output_dir: Path) -> str | None:
-    """Merge the run's periodic exports (initial weights as base) into ``<run>/merged``; ``merge=none`` skips."""
+def run_merge_stage(cfg: DictConfig, base: Path, checkpoints: list[Path],
+                    output_dir: Path) -> tuple[str | None, dict]:
+    """Merge the run's periodic exports (initial weights as base) into ``<run>/merged``; ``merge=none`` skips.
+    Returns the merged model's directory (None when skipped) and the merge report."""
     merge_cfg = cfg.get("merge")
     if not merge_cfg or merge_cfg.get("method", "none") == "none" or not checkpoints:
-        return None
+        return None, {}
     from codiemb.merge.api import merge_from_config
 
     output = output_dir / "merged"
     sets = validation_sets(cfg)
     evaluate_fn = validation_scorer(sets) if sets else None
     with stage(f"merge ({merge_cfg.method}, {len(checkpoints)} exports)"):
-        merge_from_config(merge_cfg, base=base, checkpoints=checkpoints, output=output, evaluate_fn=evaluate_fn)
-    return str(output)
+        report = merge_from_config(merge_cfg, base=base, checkpoints=checkpoints, output=output,
+                                   evaluate_fn=evaluate_fn)
+    return str(output), report or {}
 
 
-def score_merged(cfg: DictConfig, merged: str | None) -> dict[str, float]:
+def score_merged(cfg: DictConfig, merged: str | None, report: dict) -> dict[str, float]:
     """``merge/val/<metric>``: the delivered (merged) model on the validation sets. Reuses the merge report's
     evaluation when ``merge.evaluate=true`` already scored it; empty without a merged model or sets."""
-    from codiemb.merge.report import REPORT_JSON
-
     sets = validation_sets(cfg)
     if not merged or not sets:
         return {}
-    report_file = Path(merged) / REPORT_JSON
-    report = json.loads(report_file.read_text()) if report_file.is_file() else {}
     rows = (report.get("evaluation") or {}).get("rows") or []
     row = next((r for r in rows if str(r.get("model", "")).startswith("merged")), None)
     if row is None:
@@ -65,15 +63,13 @@ def validation_scorer(sets):
     return score
 
 
-def publish_run(cfg: DictConfig, trainer: L.Trainer, module, result: dict[str, Any]) -> None:
+def publish_run(cfg: DictConfig, trainer: L.Trainer, module, result: dict[str, Any], report: dict) -> None:
     """Final model cards (data, losses, merge, evaluation) for the last export and the merged model; the merge
     event, its evaluation and plots for the loggers (W&B: table, images and an artifact)."""
-    from codiemb.merge.report import REPORT_JSON
     from codiemb.models.card import update_model_card
     from codiemb.models.lora import lora_summary
 
     merged = Path(result["merged"]) if result.get("merged") else None
-    report = json.loads((merged / REPORT_JSON).read_text()) if merged and (merged / REPORT_JSON).is_file() else {}
     rows = (report.get("evaluation") or {}).get("rows") or []
     final_val = {k[4:]: v for k, v in result["metrics"].items() if k.startswith("val/") and k.count("/") == 1}
     card = {"datasets": {n: {"task": i.get("task"), "rows": i.get("rows")} for n, i in result["data"].items()},

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,13 +57,13 @@ STRICT = {"module.lr", "loss.ir.temperature", "loss.sts.temperature"}
 FRACTIONS = {"module.warmup_ratio": (0.0, 1.0), "data.ir_share": (0.0, 1.0)}
 
 
-def preflight(cfg: DictConfig, user_overrides: Iterable[str] = ()) -> list[str]:
+def preflight(cfg: DictConfig) -> list[str]:
     """Raise :class:`ConfigError` for the first setting that cannot work; return warnings (also logged)."""
     warnings: list[str] = []
     check_numbers(cfg, warnings)
     for group in ("logger", "callbacks"):
         check_targets(cfg.get(group), group)
-    check_merge(cfg, user_overrides)
+    check_merge(cfg)
     check_eval_sets(cfg)
     check_extras(cfg)
     check_model_available(cfg.get("model"))
@@ -134,26 +134,28 @@ def check_targets(group: DictConfig | None, name: str) -> None:
                               f"its options are {', '.join(p for p in params if p not in ('self', 'args'))}")
 
 
-def check_merge(cfg: DictConfig, user_overrides: Iterable[str]) -> None:
+def check_merge(cfg: DictConfig) -> None:
     """An unknown ``merge.method``, or an option the user set that the method does not take, fails now rather
-    than after training; options the user did not set never block a method switch."""
+    than after training; options the user did not set never block a method switch. The same call as the merge
+    stage's (it reads the Hydra job's overrides and merge group itself), so the two cannot disagree."""
     merge_cfg = cfg.get("merge")
     if not merge_cfg:
         return
     from codiemb.merge.config import check_merge_config
 
-    check_merge_config(merge_cfg, list(user_overrides))
+    check_merge_config(merge_cfg)
 
 
 def check_eval_sets(cfg: DictConfig) -> None:
     """The sets that validation (and the merge stage's evaluation) will read exist and are readable."""
-    validation = (cfg.get("callbacks") or {}).get("validation")
-    sets = _select(cfg, "val.sets") if validation else None
+    from codiemb.eval.sets import parse_sets
+    from codiemb.outputs import validation_sets
+
+    sets = validation_sets(cfg)
     if not sets:
         return
-    from codiemb.eval.sets import parse_sets
-
-    for eval_set in parse_sets(OmegaConf.to_container(sets, resolve=True)):
+    for eval_set in parse_sets([OmegaConf.to_container(s, resolve=True) if OmegaConf.is_config(s) else s
+                                for s in sets]):
         path = Path(eval_set.path)
         if not path.exists():
             raise ConfigError(f"validation set {eval_set.name!r}: {path} does not exist (val.sets)")

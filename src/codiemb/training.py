@@ -38,7 +38,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # The whole config first (numbers, loggers, merge, eval sets, model availability), then the data: a bad
     # setting or row fails here, before any model weights load.
     drop_duplicate_lightning_console()
-    notes = preflight(cfg, user_overrides())
+    notes = preflight(cfg)
     precision_line = choose_trainer_precision(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -85,9 +85,9 @@ def _fit(cfg: DictConfig, session, notes: list[str], precision_line: str, starte
                               "precision": precision_line, "warnings": notes}
     if export is not None:
         result["exports"] = [str(p) for p in export.all_exports()]
-        result["merged"] = run_merge_stage(cfg, export.base(), export.all_exports(), output_dir)
-        metrics.update(score_merged(cfg, result["merged"]))  # the delivered model, scored like the last step
-        publish_run(cfg, trainer, module, result)
+        result["merged"], report = run_merge_stage(cfg, export.base(), export.all_exports(), output_dir)
+        metrics.update(score_merged(cfg, result["merged"], report))  # the delivered model, scored as the last step
+        publish_run(cfg, trainer, module, result, report)
     result["wall_time_s"] = time.perf_counter() - started
     write_summary(result, output_dir, user_overrides())
     session.finish(cfg, trainer, result)  # checkpoints/finished.json; releases the run directory

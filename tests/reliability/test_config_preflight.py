@@ -76,10 +76,9 @@ def test_options_the_user_set_for_another_method_are_refused_before_training(com
 def test_a_method_switch_alone_passes_preflight(compose_cfg):
     """merge.method=ties on top of the delta group's defaults: the user set none of delta's options."""
     from codiemb.preflight import preflight
-    from codiemb.training import user_overrides
 
     cfg = compose_cfg(FAST + ["merge.method=ties"])
-    preflight(cfg, user_overrides())
+    preflight(cfg)
 
 
 def test_a_missing_validation_set_is_refused_before_training(compose_cfg, nothing_loads, tmp_path):

@@ -71,10 +71,10 @@ def assert_tensors_close(a, b, where: str = "") -> None:
 
 
 # Columns whose every value is a measurement of that row's step. (Lightning re-logs the other task's last loss
-# components on every step, so a resumed run, which starts with none, has fewer of those stale copies; the
-# module's sampler/steps_* counters restart at 0 after a resume.)
+# components on every step, so a resumed run, which starts with none, has fewer of those stale copies.) The
+# sampler/steps_* counters are among them: they go on from the checkpoint (they used to restart at 0).
 HISTORY_COLUMNS = {"step", "epoch", "train/loss", "lr-AdamW/pg1", "lr-AdamW/pg2", "events/export_step",
-                   "events/merge", "merge/unchanged_fraction"}
+                   "events/merge", "merge/unchanged_fraction", "sampler/steps_ir", "sampler/steps_sts"}
 
 
 def metric_rows(run_dir: Path) -> list[tuple]:

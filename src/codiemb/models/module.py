@@ -136,6 +136,12 @@ class CoDiEmbModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "mark_consumed"):
             datamodule.mark_consumed(batch["position"])
+        if self._ends_step(batch_idx):  # counted now too, so that checkpoint holds the counts including this step
+            self.steps_by_task[batch["task"]] = self.steps_by_task.get(batch["task"], 0) + 1
+            self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
+
+    def _ends_step(self, batch_idx: int) -> bool:
+        return (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
 
     def on_fit_start(self) -> None:
         self._anchors = {name: a.to(self.device) for name, a in self._anchors.items()}
@@ -143,15 +149,16 @@ class CoDiEmbModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save RNG states; dropout masks after a resume must match the uninterrupted run.
         checkpoint["codiemb_rng_states"] = rng_states()
+        checkpoint["codiemb_steps"] = {"task": dict(self.steps_by_task), "dataset": dict(self.steps_by_dataset)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._restored_rng = checkpoint.get("codiemb_rng_states")
+        steps = checkpoint.get("codiemb_steps", {})  # the sampler/steps_* counters go on from where they were
+        self.steps_by_task, self.steps_by_dataset = dict(steps.get("task", {})), dict(steps.get("dataset", {}))
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
         # The sampler statistics the loggers show.
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
-            self.steps_by_task[batch["task"]] = self.steps_by_task.get(batch["task"], 0) + 1
-            self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
+        if self._ends_step(batch_idx):
             for task, count in self.steps_by_task.items():
                 self.log(f"sampler/steps_{task}", float(count), batch_size=1)
             for dataset, count in self.steps_by_dataset.items():
