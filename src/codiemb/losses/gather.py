@@ -1,8 +1,8 @@
 """Cross-device gathering for the losses (tensors only).
 
-Semantics: every rank gathers the embeddings of all ranks with a *differentiable* all-gather
-(``torch.distributed.nn.functional.all_gather``, whose backward reduce-scatters with SUM) and computes the loss
-of the whole global batch. All ranks then hold the same loss; each rank's local embeddings receive
+Semantics: every rank gathers the embeddings of all ranks with a *differentiable* all-gather (:class:`_AllGather`:
+``all_gather`` forward; backward all-reduces the gradients with SUM and keeps this rank's slice, the same as a
+reduce-scatter) and computes the loss of the whole global batch. All ranks then hold the same loss; each rank's local embeddings receive
 ``world_size x`` their share of the gradient, and DDP's gradient averaging divides by ``world_size`` again, so
 parameter gradients equal those of one process holding the whole global batch (tested in
 ``tests/test_distributed_parity.py``). Every query therefore sees every rank's passages as negatives.
@@ -37,14 +37,32 @@ def _pad(t: Tensor, rows: int) -> Tensor:
     return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
 
 
+class _AllGather(torch.autograd.Function):
+    """All ranks' ``t`` (same shape on every rank), differentiable. Written here rather than taken from
+    ``torch.distributed.nn.functional.all_gather`` (deprecated in torch 2.13): with that function's backward,
+    gloo processes aborted at exit ("terminate called without an active exception") in 3 of 8 two-rank runs
+    on this CPU, which failed the parity tests at random and would fail a finished CPU DDP run the same way."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> tuple[Tensor, ...]:
+        gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, t.contiguous())
+        return tuple(gathered)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:
+        # every rank's loss depends on every rank's rows: sum the gradients of all ranks, keep this rank's slice
+        total = torch.stack(grads).contiguous()
+        dist.all_reduce(total)
+        return total[dist.get_rank()]
+
+
 def all_gather_with_grad(t: Tensor) -> Tensor:
     """Concatenate ``t`` of every rank along dim 0, keeping the autograd graph (sizes may differ)."""
     if not is_distributed():
         return t
-    from torch.distributed.nn.functional import all_gather
-
     sizes = _sizes(t.shape[0], t.device)
-    gathered = all_gather(_pad(t, max(sizes)))
+    gathered = _AllGather.apply(_pad(t, max(sizes)))
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
 
 
