@@ -55,6 +55,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-s", type=float, default=None, help="wall time of that command")
     parser.add_argument("--val", action="store_true", help="also eval=real_holdout (STS-B dev, SciFact holdout)")
     parser.add_argument("--test", action="store_true", help="also eval=real_test (STS-B test, SciFact, Vaswani)")
+    parser.add_argument("--no-guard", action="store_true", help="only the --val/--test groups (e.g. the one test "
+                        "read of a finished recipe, written with --out bench/results/guard/test)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--force", action="store_true")
@@ -74,7 +76,8 @@ def main(argv=None) -> dict:
     if out.exists() and not args.force:
         print(f"[guard] {out} exists (use --force)")
         return json.loads(out.read_text())
-    groups = ["guard"] + (["real_holdout"] if args.val else []) + (["real_test"] if args.test else [])
+    groups = ([] if args.no_guard else ["guard"]) + (["real_holdout"] if args.val else []) + \
+        (["real_test"] if args.test else [])
     torch.manual_seed(0)
     encoder = Encoder.from_pretrained(args.model).eval()
     payload = {"label": args.label, "model": args.model, "note": args.note, "train_cmd": args.cmd,

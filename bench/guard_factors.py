@@ -57,6 +57,8 @@ RUNS = {
     "joint_lr2e-5": (["module.lr=2e-5"], STSB_DEV + STS12, "joint recipe, lr 2e-5 (recipe: 5e-5)"),
     "joint_l2sp": (["module.l2sp_weight=0.1"], STSB_DEV + STS12,
                    "joint recipe, L2-SP: + 0.1 * ||w - w0||^2 over the encoder's weights"),
+    "joint_l2sp1": (["module.l2sp_weight=1.0"], STSB_DEV + STS12,
+                    "joint recipe, L2-SP: + 1.0 * ||w - w0||^2 over the encoder's weights"),
     "joint_freeze_emb": (["module.freeze_embeddings=true"], STSB_DEV + STS12,
                          "joint recipe, embedding layer frozen"),
 }
