@@ -55,6 +55,8 @@ def main(argv=None) -> str:
     parser.add_argument("--tolerance", type=float, default=0.0, help="a set counts as below the base when its "
                         "delta < -tolerance")
     parser.add_argument("--per-set", action="store_true", help="also the per-set delta table")
+    parser.add_argument("--rank", action="store_true", help="also rank the rows by the selection rule fixed before "
+                        "any test read: validation mean (STS-B dev, SciFact holdout) + guard mean delta")
     args = parser.parse_args(argv)
 
     payloads = load(Path(args.dir))
@@ -90,6 +92,16 @@ def main(argv=None) -> str:
             body.append(row)
         text += "\n\nPer-set delta vs base (main score; * = a source the model trained on, not in the verdict):\n\n"
         text += markdown_table(head, body)
+    if args.rank:
+        scored = []
+        for label in labels:
+            val = payloads[label]["groups"].get("real_holdout", {}).get("summary", {}).get("mean")
+            if val is not None and label != "base":
+                scored.append((val + per_set[label]["mean_delta"], val, per_set[label]["mean_delta"], label))
+        body = [[str(i + 1), label, fmt(val), fmt(delta, True), fmt(score)]
+                for i, (score, val, delta, label) in enumerate(sorted(scored, reverse=True))]
+        text += "\n\nSelection rule (validation mean + guard mean delta, equal weight; test never read here):\n\n"
+        text += markdown_table(["rank", "model", "validation mean", "guard mean delta", "score"], body)
     print(text)
     return text
 
