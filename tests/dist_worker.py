@@ -89,7 +89,7 @@ def run_rank(rank: int, world: int, port: int, out: str) -> None:
         dist.destroy_process_group()
     # A gloo worker thread may drop the last collective's tensors only after Python has begun to finalize; it then
     # cannot take the GIL and the process aborts ("terminate called without an active exception", seen here in
-    # about 1 run in 4 under load: ~AsyncAllgatherWork -> decref_pyobject -> take_gil -> pthread_exit). Nothing
+    # up to 1 run in 2 under load: ~AsyncAllgatherWork -> decref_pyobject -> take_gil -> pthread_exit). Nothing
     # is left to do, so leave without finalizing.
     sys.stdout.flush()
     sys.stderr.flush()

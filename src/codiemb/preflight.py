@@ -154,8 +154,7 @@ def check_eval_sets(cfg: DictConfig) -> None:
     sets = validation_sets(cfg)
     if not sets:
         return
-    for eval_set in parse_sets([OmegaConf.to_container(s, resolve=True) if OmegaConf.is_config(s) else s
-                                for s in sets]):
+    for eval_set in parse_sets(sets):  # resolves each node's interpolations itself
         path = Path(eval_set.path)
         if not path.exists():
             raise ConfigError(f"validation set {eval_set.name!r}: {path} does not exist (val.sets)")

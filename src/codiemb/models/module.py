@@ -131,12 +131,13 @@ class CoDiEmbModule(L.LightningModule):
         if self._restored_rng is not None:  # restored here, after the DataLoader and callbacks have started
             set_rng_states(self._restored_rng)
             self._restored_rng = None
-        # Count the batch as consumed now: checkpoint callbacks run before this module's on_train_batch_end,
-        # so a checkpoint saved at the end of this step must already include it.
+        # Count the batch as consumed (and a finished optimizer step in the sampler/steps_* counters, logged at
+        # batch end) now: checkpoint callbacks run before this module's on_train_batch_end, so a checkpoint
+        # saved at the end of this step must already include it.
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "mark_consumed"):
             datamodule.mark_consumed(batch["position"])
-        if self._ends_step(batch_idx):  # counted now too, so that checkpoint holds the counts including this step
+        if self._ends_step(batch_idx):
             self.steps_by_task[batch["task"]] = self.steps_by_task.get(batch["task"], 0) + 1
             self.steps_by_dataset[batch["dataset"]] = self.steps_by_dataset.get(batch["dataset"], 0) + 1
 
