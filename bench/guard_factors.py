@@ -61,6 +61,11 @@ RUNS = {
                     "joint recipe, L2-SP: + 1.0 * ||w - w0||^2 over the encoder's weights"),
     "joint_freeze_emb": (["module.freeze_embeddings=true"], STSB_DEV + STS12,
                          "joint recipe, embedding layer frozen"),
+    # issue #17: length-grouped batches change the in-batch negatives; does quality hold?
+    "joint_lengroup": (["data.length_grouping=true"], STSB_DEV + STS12,
+                       "joint recipe, length-grouped batches (data.length_grouping=true)"),
+    # the same recipe on another seed: how far two runs differ by chance
+    "joint_seed43": (["seed=43"], STSB_DEV + STS12, "joint recipe, seed 43 (recipe runs: seed 42)"),
 }
 
 
@@ -98,7 +103,9 @@ def loso_runs(loss: str, sources=LOSO_SOURCES) -> dict:
 
 def train(name: str, overrides: list[str]) -> tuple[Path, float, str]:
     run_dir = ROOT / "logs" / "guard" / "runs" / name
-    cmd = [sys.executable, "train.py", *COMMON, *overrides, f"hydra.run.dir={run_dir}"]
+    overridden = {o.split("=", 1)[0] for o in overrides}
+    common = [c for c in COMMON if c.split("=", 1)[0] not in overridden]  # Hydra refuses a key given twice
+    cmd = [sys.executable, "train.py", *common, *overrides, f"hydra.run.dir={run_dir}"]
     shown = "python " + " ".join(c if " " not in c else repr(c) for c in cmd[1:])
     done = run_dir / "DONE"
     if not done.exists():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,9 +18,14 @@ TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, interme
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="codiemb-hf-datasets-"))
-# The data store's Arrow cache (data.cache_dir) of composed-config tests: a temporary directory, not logs/.
-os.environ.setdefault("CODIEMB_DATA_CACHE", tempfile.mkdtemp(prefix="codiemb-data-cache-"))
+# One scratch directory per test session for the caches (HF datasets, and the data store's Arrow cache of
+# composed-config tests), removed when the session ends so repeated runs do not fill the disk.
+# Worker processes inherit both variables and create nothing.
+if not {"HF_DATASETS_CACHE", "CODIEMB_DATA_CACHE"} <= os.environ.keys():
+    _SCRATCH = tempfile.mkdtemp(prefix="codiemb-tests-")
+    atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+    os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_SCRATCH, "hf-datasets"))
+    os.environ.setdefault("CODIEMB_DATA_CACHE", os.path.join(_SCRATCH, "data-cache"))
 
 
 def tiny_encoder(**kwargs):
