@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,12 +24,9 @@ from codiemb.models.attention import (  # noqa: F401  (BIDIRECTIONAL_MODEL_TYPES
 from codiemb.models.lora import apply_lora, lora_enabled, lora_summary, merged_backbone
 from codiemb.models.pooling import POOLING_MODES, PROMPT_AWARE_MODES, exclude_prompt, pool
 from codiemb.models.resolve import resolve_model_path
+from codiemb.models.st_layout import read_saved_settings, write_sentence_transformers_files
 from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text, prompt_prefix, prompt_token_count
 from codiemb.utils.atomic import atomic_directory
-
-CODIEMB_CONFIG = "codiemb.json"
-_ST_POOLING_KEYS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token",
-                    "last_token": "pooling_mode_lasttoken", "weighted_mean": "pooling_mode_weightedmean_tokens"}
 
 
 class Encoder(nn.Module):
@@ -78,7 +74,7 @@ class Encoder(nn.Module):
         decides whether mean pooling averages over the prompt tokens too.
         """
         path = resolve_model_path(name_or_path)
-        saved = _read_saved_settings(path)
+        saved = read_saved_settings(path)
         settings = {
             "pooling": pooling or saved.get("pooling", "mean"),
             "normalize": saved.get("normalize", True) if normalize is None else normalize,
@@ -257,30 +253,6 @@ class Encoder(nn.Module):
         return Path(directory)
 
 
-def write_sentence_transformers_files(directory: Path, settings: dict, dim: int) -> None:
-    """The module files that make ``SentenceTransformer(directory)`` rebuild our pooling exactly."""
-    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-    if settings["normalize"]:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                        "type": "sentence_transformers.models.Normalize"})
-        (directory / "2_Normalize").mkdir(exist_ok=True)
-    # include_prompt=False makes sentence-transformers drop the prompt's tokens (CLS included) from the mask;
-    # only mean-type pooling may see that (its CLS pooling would otherwise pick the first text token).
-    pool_prompt = settings.get("pool_prompt", True) or settings["pooling"] not in PROMPT_AWARE_MODES
-    pooling = {"word_embedding_dimension": dim, "include_prompt": bool(pool_prompt)}
-    pooling.update({key: settings["pooling"] == mode for mode, key in _ST_POOLING_KEYS.items()})
-    (directory / "1_Pooling").mkdir(exist_ok=True)
-    _dump(directory / "1_Pooling" / "config.json", pooling)
-    _dump(directory / "modules.json", modules)
-    _dump(directory / "sentence_bert_config.json",
-          {"max_seq_length": settings["max_passage_length"], "do_lower_case": False})
-    _dump(directory / "config_sentence_transformers.json",
-          {"prompts": {"query": settings["query_prompt"], "document": settings["passage_prompt"]},
-           "default_prompt_name": None, "similarity_fn_name": "cosine"})
-    _dump(directory / CODIEMB_CONFIG, settings)
-
-
 @contextlib.contextmanager
 def _quiet_progress():
     """transformers draws a progress bar per save/load and a load report; a run exports many times, so keep the
@@ -296,15 +268,6 @@ def _quiet_progress():
         hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()
-
-
-def _dump(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _read_saved_settings(path: str) -> dict:
-    file = Path(path) / CODIEMB_CONFIG
-    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def _model_class(config, trust_remote_code: bool):
