@@ -57,10 +57,15 @@ def random_problem(seed=0, n_queries=9, n_corpus=60, dim=8):
     dict(range_min=0, range_max=50, num_negatives=6, absolute_margin=0.0, max_score=0.2),
     dict(range_min=5, range_max=58, num_negatives=50, relative_margin=0.05),  # windows run short
 ])
-@pytest.mark.parametrize("chunk_size", [1, 4, 100])
-def test_top_sampling_matches_brute_force(options, chunk_size):
+@pytest.mark.parametrize("chunk_size,corpus_block,unit", [(1, 16384, False), (4, 16384, False), (100, 16384, False),
+                                                          (4, 7, False), (100, 1, True), (3, 59, True)])
+def test_top_sampling_matches_brute_force(options, chunk_size, corpus_block, unit):
+    """Scanning the corpus in blocks (a running top-k) and skipping the copy for unit rows change nothing."""
     queries, corpus, positives = random_problem()
-    got = mine_from_embeddings(queries, corpus, positives, sampling="top", chunk_size=chunk_size, **options)
+    if unit:
+        queries, corpus = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(corpus, dim=-1)
+    got = mine_from_embeddings(queries, corpus, positives, sampling="top", chunk_size=chunk_size,
+                               corpus_block=corpus_block, **options)
     want = reference(queries.tolist(), corpus.tolist(), positives, **options)
     assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want]
     for got_row, want_row in zip(got, want):

@@ -4,8 +4,9 @@ Semantics follow sentence-transformers' ``mine_hard_negatives``
 (``sentence_transformers/util/hard_negatives.py``, v5/v6), exact search only:
 
 1. score every corpus passage by cosine similarity, keep the top ``range_max + P`` (P = the query's number
-   of distinct positives; sentence-transformers uses the dataset's largest P) -- computed in query chunks
-   with ``torch.topk`` so the full matrix never exists;
+   of distinct positives; sentence-transformers uses the dataset's largest P) -- computed for ``chunk_size``
+   queries against ``corpus_block`` passages at a time with a running ``torch.topk``, so memory beyond the
+   embeddings stays bounded whatever the corpus size (1024 x 16384 scores = 64 MB);
 2. drop the positives (by text: a duplicate of a positive is a positive);
 3. with ``s+`` = the *lowest* positive score of the query, drop candidates with
    ``s + absolute_margin > s+`` and/or ``s > s+ - |s+| * relative_margin`` (likely false negatives),
@@ -73,6 +74,7 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
                          num_negatives: int = 3, absolute_margin: float | None = None,
                          relative_margin: float | None = None, max_score: float | None = None,
                          sampling: str = "random", seed: int = 0, chunk_size: int = 1024,
+                         corpus_block: int = 16384,
                          show_progress: bool = False, report: MiningReport | None = None,
                          ) -> list[list[tuple[int, float]]]:
     """For each query, ``[(corpus_index, cosine), ...]`` of its mined negatives, best first (see module doc).
@@ -83,8 +85,7 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
     check_window(range_min, range_max, num_negatives, sampling)
     if len(positive_ids) != len(query_embeddings):
         raise ValueError(f"{len(positive_ids)} positive lists for {len(query_embeddings)} queries")
-    queries = F.normalize(query_embeddings.float(), dim=-1)
-    corpus = F.normalize(corpus_embeddings.float(), dim=-1)
+    queries, corpus = _unit_rows(query_embeddings), _unit_rows(corpus_embeddings)
     generator = torch.Generator().manual_seed(seed)
     report = report if report is not None else MiningReport()
     results, positive_scores, negative_scores = [], [], []
@@ -92,7 +93,7 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
         chunk = queries[start:start + chunk_size]
         chunk_positives = positive_ids[start:start + chunk_size]
         most = max(len(p) for p in chunk_positives)
-        top_scores, top_ids = torch.topk(chunk @ corpus.T, k=min(range_max + most, len(corpus)), dim=1)
+        top_scores, top_ids = _top_k(chunk, corpus, range_max + most, corpus_block)
         for row, positives in enumerate(chunk_positives):
             positives = torch.as_tensor(sorted(set(positives)), dtype=torch.long)
             positive_min = (chunk[row] @ corpus[positives].T).min()
@@ -128,6 +129,32 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
     if negative_scores:
         report.negative_score_mean = sum(negative_scores) / len(negative_scores)
     return results
+
+
+def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length; the tensor itself when they already are (an encoder that normalizes), so a
+    large corpus is not held twice."""
+    embeddings = embeddings.float()
+    if len(embeddings) and torch.allclose(embeddings.norm(dim=-1), torch.ones(()), atol=1e-4):
+        return embeddings
+    return F.normalize(embeddings, dim=-1)
+
+
+def _top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores and indices of each query's ``k`` best corpus rows, best first: the top k of each block of
+    ``block`` corpus rows merged into a running top k, never more than ``len(queries) x block`` scores."""
+    k = min(k, len(corpus))
+    best_scores = best_ids = None
+    for start in range(0, len(corpus), block):
+        part = corpus[start:start + block]
+        scores, ids = torch.topk(queries @ part.T, k=min(k, len(part)), dim=1)
+        ids += start
+        if best_scores is not None:
+            scores, ids = torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids], dim=1)
+            scores, order = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
+            ids = torch.gather(ids, 1, order)
+        best_scores, best_ids = scores, ids
+    return best_scores, best_ids
 
 
 def build_corpus(records: Sequence[Record],

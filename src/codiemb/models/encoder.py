@@ -200,7 +200,8 @@ class Encoder(nn.Module):
         lengths = self.prompt_lengths(kind, instructions if instructions is not None else [None] * len(texts))
         order = sorted(range(len(formatted)), key=lambda i: -len(formatted[i]))
         device = next(self.parameters()).device
-        chunks = []
+        # each batch is written straight to its rows: a large corpus is held once, not as chunks + a copy
+        result = torch.empty(len(texts), self.embedding_dim)
         starts = range(0, len(order), batch_size)
         if show_progress:
             from tqdm.auto import tqdm
@@ -210,13 +211,8 @@ class Encoder(nn.Module):
             features = self.tokenize([formatted[i] for i in rows], kind, [lengths[i] for i in rows])
             features = {k: v.to(device) for k, v in features.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                chunks.append(self(features).float().cpu())
+                result[torch.tensor(rows)] = self(features).float().cpu()
         self.train(was_training)
-        if not chunks:
-            return torch.empty(0, self.embedding_dim)
-        sorted_emb = torch.cat(chunks)
-        result = torch.empty_like(sorted_emb)
-        result[torch.tensor(order)] = sorted_emb
         return result
 
     @property
