@@ -64,6 +64,12 @@ RUNS = {
     # issue #17: length-grouped batches change the in-batch negatives; does quality hold?
     "joint_lengroup": (["data.length_grouping=true"], STSB_DEV + STS12,
                        "joint recipe, length-grouped batches (data.length_grouping=true)"),
+    # retrieval transfer falls most when STS dominates (STS-only runs: WikiQA -3.6); more IR steps?
+    "joint_ir70": (["task_mix.ir_share=0.7"], STSB_DEV + STS12,
+                   "joint recipe, 70 % of optimizer steps IR (task_mix.ir_share=0.7; recipe: 0.5)"),
+    # the composite's middle-layer InfoNCE term cost SNLI graded 0.8 in the STS-only runs
+    "joint_nomid": (["loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
+                    "joint recipe without the STS composite's middle-layer InfoNCE term"),
     # the same recipe on another seed: how far two runs differ by chance
     "joint_seed43": (["seed=43"], STSB_DEV + STS12, "joint recipe, seed 43 (recipe runs: seed 42)"),
 }

@@ -5,8 +5,8 @@ Semantics follow sentence-transformers' ``mine_hard_negatives``
 
 1. score every corpus passage by cosine similarity, keep the top ``range_max + P`` (P = the query's number
    of distinct positives; sentence-transformers uses the dataset's largest P) -- computed for ``chunk_size``
-   queries against ``corpus_block`` passages at a time with a running ``torch.topk``, so memory beyond the
-   embeddings stays bounded whatever the corpus size (1024 x 16384 scores = 64 MB);
+   queries against ``corpus_block`` passages at a time with a running top-k (:mod:`codiemb.utils.topk`), so
+   memory beyond the embeddings stays bounded whatever the corpus size (1024 x 16384 scores = 64 MB);
 2. drop the positives (by text: a duplicate of a positive is a positive);
 3. with ``s+`` = the *lowest* positive score of the query, drop candidates with
    ``s + absolute_margin > s+`` and/or ``s > s+ - |s+| * relative_margin`` (likely false negatives),
@@ -35,6 +35,7 @@ from codiemb.data.schema import Record
 from codiemb.errors import ConfigError, DataError
 from codiemb.utils.atomic import atomic_write_text
 from codiemb.utils.precision import resolve_short_precision
+from codiemb.utils.topk import corpus_blocks, running_top_k
 
 log = logging.getLogger(__name__)
 SAMPLING = ("random", "top")
@@ -93,7 +94,7 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
         chunk = queries[start:start + chunk_size]
         chunk_positives = positive_ids[start:start + chunk_size]
         most = max(len(p) for p in chunk_positives)
-        top_scores, top_ids = _top_k(chunk, corpus, range_max + most, corpus_block)
+        top_scores, top_ids, _ = running_top_k(chunk, corpus_blocks(corpus, corpus_block), range_max + most)
         for row, positives in enumerate(chunk_positives):
             positives = torch.as_tensor(sorted(set(positives)), dtype=torch.long)
             positive_min = (chunk[row] @ corpus[positives].T).min()
@@ -138,23 +139,6 @@ def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
     if len(embeddings) and torch.allclose(embeddings.norm(dim=-1), torch.ones(()), atol=1e-4):
         return embeddings
     return F.normalize(embeddings, dim=-1)
-
-
-def _top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores and indices of each query's ``k`` best corpus rows, best first: the top k of each block of
-    ``block`` corpus rows merged into a running top k, never more than ``len(queries) x block`` scores."""
-    k = min(k, len(corpus))
-    best_scores = best_ids = None
-    for start in range(0, len(corpus), block):
-        part = corpus[start:start + block]
-        scores, ids = torch.topk(queries @ part.T, k=min(k, len(part)), dim=1)
-        ids += start
-        if best_scores is not None:
-            scores, ids = torch.cat([best_scores, scores], dim=1), torch.cat([best_ids, ids], dim=1)
-            scores, order = torch.topk(scores, k=min(k, scores.shape[1]), dim=1)
-            ids = torch.gather(ids, 1, order)
-        best_scores, best_ids = scores, ids
-    return best_scores, best_ids
 
 
 def build_corpus(records: Sequence[Record],

@@ -2,8 +2,8 @@
 
 Search: every query is scored against every document (cosine = dot product of normalised embeddings);
 the corpus is encoded and scored in chunks of ``corpus_chunk_size`` documents and only a running top-k
-per query is kept (``torch.topk`` over ``[previous top-k | chunk scores]``), so memory is
-``O(queries x (k + chunk))`` instead of ``O(queries x corpus)``.
+per query is kept (:func:`codiemb.utils.topk.running_top_k`), so memory is ``O(queries x (k + chunk))``
+instead of ``O(queries x corpus)``.
 
 Metrics (x100, averaged over judged queries, as MTEB/BEIR report them):
 
@@ -23,6 +23,8 @@ from __future__ import annotations
 import pytrec_eval
 import torch
 
+from codiemb.utils.topk import running_top_k
+
 MEASURES = {"ndcg_cut.10": "ndcg@10", "recall.100": "recall@100", "map": "map"}
 PRIMARY = "ndcg@10"
 
@@ -31,21 +33,8 @@ def exact_search(query_embeddings: torch.Tensor, corpus_embeddings, doc_ids: lis
                  top_k: int = 1000, *, query_block: int = 1024) -> dict[str, dict[str, float]]:
     """Top-k documents per query by dot product; ``corpus_embeddings`` may be a tensor or an iterator of
     chunk tensors (in ``doc_ids`` order), which is how a large corpus is streamed."""
-    chunks = [corpus_embeddings] if isinstance(corpus_embeddings, torch.Tensor) else corpus_embeddings
-    n_queries = query_embeddings.size(0)
-    best_scores = torch.full((n_queries, 0), float("-inf"))
-    best_index = torch.empty((n_queries, 0), dtype=torch.long)
-    offset = 0
-    for chunk in chunks:
-        scores = torch.cat([query_embeddings[i:i + query_block] @ chunk.T
-                            for i in range(0, n_queries, query_block)]) if n_queries else chunk.new_empty(0, 0)
-        index = torch.arange(offset, offset + chunk.size(0)).expand(n_queries, -1)
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_index = torch.cat([best_index, index], dim=1)
-        k = min(top_k, merged_scores.size(1))
-        best_scores, position = torch.topk(merged_scores, k, dim=1)
-        best_index = torch.gather(merged_index, 1, position)
-        offset += chunk.size(0)
+    best_scores, best_index, offset = running_top_k(query_embeddings, corpus_embeddings, top_k,
+                                                    query_block=query_block)
     if offset != len(doc_ids):
         raise ValueError(f"{offset} corpus embeddings for {len(doc_ids)} document ids")
     return {qid: {doc_ids[j]: float(s) for j, s in zip(best_index[row].tolist(), best_scores[row].tolist())}
