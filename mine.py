@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> None:
         range_min=cfg.range_min, range_max=cfg.range_max, num_negatives=cfg.num_negatives,
         absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin, max_score=cfg.max_score,
         sampling=cfg.sampling, seed=cfg.seed, batch_size=cfg.batch_size, chunk_size=cfg.chunk_size,
-        precision=cfg.precision,
+        corpus_block=cfg.corpus_block, precision=cfg.precision,
         keep_existing_negatives=cfg.keep_existing_negatives, show_progress=cfg.show_progress)
     print(f"wrote {cfg.output}: {report.summary()}; seconds {report.seconds}")
 

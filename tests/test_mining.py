@@ -122,6 +122,13 @@ def test_bad_windows_raise(bad):
         mine_from_embeddings(queries, corpus, positives, **{"range_min": 0, "range_max": 10, **bad})
 
 
+@pytest.mark.parametrize("key", ["chunk_size", "corpus_block"])
+def test_a_block_size_below_one_is_a_config_error(key):
+    queries, corpus, positives = random_problem()
+    with pytest.raises(ConfigError, match=key):
+        mine_from_embeddings(queries, corpus, positives, **{key: 0})
+
+
 @pytest.fixture(scope="module")
 def tiny_encoder():
     from codiemb.models.encoder import Encoder

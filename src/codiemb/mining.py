@@ -84,6 +84,9 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
     draws from one ``torch.Generator(seed)`` in query order, so the result does not depend on ``chunk_size``.
     """
     check_window(range_min, range_max, num_negatives, sampling)
+    for key, value in (("chunk_size", chunk_size), ("corpus_block", corpus_block)):
+        if not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     if len(positive_ids) != len(query_embeddings):
         raise ValueError(f"{len(positive_ids)} positive lists for {len(query_embeddings)} queries")
     queries, corpus = _unit_rows(query_embeddings), _unit_rows(corpus_embeddings)
