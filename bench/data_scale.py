@@ -79,12 +79,17 @@ def readjson(prefix: str) -> dict:
             "loadavg": os.getloadavg()[0]}
 
 
-def _first_batch(dm, world: int, rank: int) -> dict:
+def _old_loader(dm, sampler):
+    """A revision before ``CoDiEmbDataModule.loader`` (``--old``): the DataLoader its train_dataloader built."""
     from torch.utils.data import DataLoader
 
+    return DataLoader(dm.dataset, batch_sampler=sampler, collate_fn=dm.collator, num_workers=dm.num_workers)
+
+
+def _first_batch(dm, world: int, rank: int) -> dict:
     started = time.perf_counter()
     sampler = dm.build_sampler(world_size=world, rank=rank)
-    loader = DataLoader(dm.dataset, batch_sampler=sampler, collate_fn=dm.collator, num_workers=dm.num_workers)
+    loader = dm.loader(sampler) if hasattr(dm, "loader") else _old_loader(dm, sampler)
     iterator = iter(loader)
     batch = next(iterator)
     out = {"sampler_and_first_batch_s": round(time.perf_counter() - started, 2), "batch_task": batch["task"],
