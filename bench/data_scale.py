@@ -4,6 +4,7 @@
     python bench/data_scale.py make --rows 1000000 --prefix /tmp/ds/r1000000
     python bench/data_scale.py readjson /tmp/ds/r1000000                    # pyarrow.json.read_json reference
     python bench/data_scale.py run /tmp/ds/r1000000 --cache /tmp/ds/cache --ranks 2 --workers 2
+    python bench/data_scale.py all --rows 100000 1000000 --dir /tmp/ds --only-cached --before /tmp/rev/src  # vs rev
 
 ``make`` writes ``<prefix>-ir.jsonl`` (3/4 of the rows: a query, one positive of 20-80 words, 0-3 negatives) and
 ``<prefix>-sts.jsonl`` (1/4: scored pairs). ``run`` times, in a fresh process: the data module's ``load()``
@@ -151,7 +152,8 @@ def run(prefix: str, cache: str, ranks: int, workers: int, old: bool = False) ->
     return result
 
 
-def all_runs(rows: list[int], directory: str, workers: int, old: str | None) -> None:
+def all_runs(rows: list[int], directory: str, workers: int, old: str | None, before: str | None = None,
+             only_cached: bool = False) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -166,9 +168,14 @@ def all_runs(rows: list[int], directory: str, workers: int, old: str | None) -> 
         print(json.dumps(results[-1]), flush=True)
         cache = directory / f"cache-{n}"
         subprocess.run(["rm", "-rf", str(cache)], check=True)
-        for ranks, label in ((1, "first (builds)"), (1, "second (cached)"), (2, "cached, 2 ranks")):
+        runs = [(1, "first (builds)", env), (1, "second (cached)", env), (2, "cached, 2 ranks", env)]
+        if only_cached:
+            runs = runs[:2]
+        if before:  # the same cached start with an earlier revision's src/, side by side
+            runs.append((1, "second (cached), before", {**env, "PYTHONPATH": before}))
+        for ranks, label, run_env in runs:
             out = subprocess.run(me + ["run", prefix, "--cache", str(cache), "--ranks", str(ranks), "--workers",
-                                       str(workers)], env=env, check=True, capture_output=True, text=True)
+                                       str(workers)], env=run_env, check=True, capture_output=True, text=True)
             results.append({"label": label, **json.loads(out.stdout.splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
         if old and n <= 100_000:  # the in-memory loader of an earlier checkout, for comparison
@@ -198,6 +205,8 @@ def main() -> None:
     p.add_argument("--dir", required=True)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--old", help="PYTHONPATH of an earlier checkout's src/ (git archive HEAD src) to compare with")
+    p.add_argument("--before", help="PYTHONPATH of an earlier checkout's src/: its cached start beside this one's")
+    p.add_argument("--only-cached", action="store_true", help="skip the 2-rank run")
     args = parser.parse_args()
     if args.cmd == "make":
         make(args.rows, args.prefix)
@@ -206,7 +215,7 @@ def main() -> None:
     elif args.cmd == "run":
         print(json.dumps(run(args.prefix, args.cache, args.ranks, args.workers, args.old)))
     else:
-        all_runs(args.rows, args.dir, args.workers, args.old)
+        all_runs(args.rows, args.dir, args.workers, args.old, args.before, args.only_cached)
 
 
 if __name__ == "__main__":
