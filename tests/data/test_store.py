@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing
 import os
@@ -12,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import codiemb.data.store as store
-from codiemb.data.datamodule import CoDiEmbDataModule, freeze_inherited_objects
+from codiemb.data.datamodule import CoDiEmbDataModule
 from codiemb.data.holdout import apply_holdout
 from codiemb.data.readers import read_dataset
 from codiemb.data.sampler import Source, TaskBatchSampler
@@ -277,27 +275,3 @@ def test_hf_datasets_go_through_the_store_and_their_data_files_key_the_cache(tmp
     dm = module(tmp_path, spec)
     dm.load()
     assert builds == ["hfset", "hfset"] and queries(dm) == ["q3"]
-
-
-# ---------------------------------------------------------------- DataLoader workers
-class _FreezeCount(torch.utils.data.Dataset):
-    def __len__(self):
-        return 2
-
-    def __getitem__(self, index):
-        return gc.get_freeze_count()
-
-
-def test_training_workers_freeze_the_objects_they_inherit(tmp_path):
-    """A forked worker's garbage collections must not walk (and so copy) the parent's heap: the epoch plan and
-    row arrays of a 1M-row run made each worker's RSS grow with the data (BENCHMARKS section 7)."""
-    assert gc.get_freeze_count() == 0  # nothing frozen in the test process itself
-    loader = torch.utils.data.DataLoader(_FreezeCount(), num_workers=1, worker_init_fn=freeze_inherited_objects,
-                                         multiprocessing_context="fork")
-    assert all(int(count) > 1000 for count in loader)  # the worker froze everything it inherited
-    specs = [{"name": "support", "task": "ir", "path": str(SUPPORT)}, {"name": "sts", "task": "sts", "path": str(STS)}]
-    with_workers, in_process = module(tmp_path, specs, num_workers=2), module(tmp_path, specs)
-    for dm in (with_workers, in_process):
-        dm.load()
-    assert with_workers.loader(with_workers.build_sampler()).worker_init_fn is freeze_inherited_objects
-    assert in_process.loader(in_process.build_sampler()).worker_init_fn is None

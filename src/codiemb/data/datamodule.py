@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections import Counter
 from pathlib import Path
@@ -137,8 +136,7 @@ class CoDiEmbDataModule(L.LightningDataModule):
         # (a resumed run creates one more iterator than the uninterrupted run; dropout would then differ).
         return DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          generator=torch.Generator().manual_seed(self.seed),
-                          worker_init_fn=freeze_inherited_objects if self.num_workers > 0 else None)
+                          generator=torch.Generator().manual_seed(self.seed))
 
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict()} if self.sampler is not None else {}
@@ -152,11 +150,3 @@ class CoDiEmbDataModule(L.LightningDataModule):
     def mark_consumed(self, position: int) -> None:
         if self.sampler is not None:
             self.sampler.mark_consumed(position)
-
-
-def freeze_inherited_objects(worker_id: int) -> None:
-    """First thing in a forked DataLoader worker: move every object inherited from the parent to the garbage
-    collector's permanent generation, so the worker's collections never walk them and never write to their
-    pages; they stay shared with the parent instead of being copied into each worker (the pattern the ``gc``
-    documentation gives for fork without exec)."""
-    gc.freeze()
