@@ -38,7 +38,7 @@ class CoDiEmbDataModule(L.LightningDataModule):
                  query_max_length: int | None = None, passage_max_length: int | None = None,
                  sts_positive_threshold: float = 0.8, accumulate_grad_batches: int = 1, num_workers: int = 1,
                  seed: int = 42, on_error: str = "raise", ir_share: float = 0.5, fixed_group_size: bool = False,
-                 cache_dir: str | None = None, length_grouping: bool = False):
+                 cache_dir: str | None = None, length_grouping: bool = True):
         super().__init__()
         self.ir_share = float(ir_share)  # task_mix=balanced only: the fraction of optimizer steps that are IR
         self.dataset_specs = [dict(spec) for spec in datasets]
