@@ -60,7 +60,7 @@ def random_problem(seed=0, n_queries=9, n_corpus=60, dim=8):
 @pytest.mark.parametrize("chunk_size,corpus_block,unit", [(1, 16384, False), (4, 16384, False), (100, 16384, False),
                                                           (4, 7, False), (100, 1, True), (3, 59, True)])
 def test_top_sampling_matches_brute_force(options, chunk_size, corpus_block, unit):
-    """Scanning the corpus in blocks (a running top-k) and skipping the copy for unit rows change nothing."""
+    """Scanning the corpus in blocks (a running top-k), of raw or unit rows, changes nothing."""
     queries, corpus, positives = random_problem()
     if unit:
         queries, corpus = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(corpus, dim=-1)
@@ -70,6 +70,17 @@ def test_top_sampling_matches_brute_force(options, chunk_size, corpus_block, uni
     assert [[i for i, _ in row] for row in got] == [[i for i, _ in row] for row in want]
     for got_row, want_row in zip(got, want):
         assert [s for _, s in got_row] == pytest.approx([s for _, s in want_row], abs=1e-5)
+
+
+def test_scores_are_cosines_even_for_rows_a_hair_off_unit_length():
+    """Rows of norm 1 + 5e-5 (an encoder's output after a cast) are normalised like any other: the scores are exact
+    cosines, not dot products that differ in the fifth digit and reorder near-ties."""
+    queries, corpus, positives = random_problem()
+    queries, corpus = torch.nn.functional.normalize(queries, dim=-1), torch.nn.functional.normalize(corpus, dim=-1)
+    options = dict(range_min=0, range_max=20, num_negatives=5, sampling="top")
+    exact = mine_from_embeddings(queries, corpus, positives, **options)
+    off = mine_from_embeddings(queries, corpus * (1 + 5e-5), positives, **options)
+    assert [s for row in off for _, s in row] == pytest.approx([s for row in exact for _, s in row], abs=1e-6)
 
 
 def test_random_sampling_draws_from_the_window_deterministically():

@@ -89,7 +89,8 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
             raise ConfigError(f"{key} must be a positive integer, got {value!r}")
     if len(positive_ids) != len(query_embeddings):
         raise ValueError(f"{len(positive_ids)} positive lists for {len(query_embeddings)} queries")
-    queries, corpus = _unit_rows(query_embeddings), _unit_rows(corpus_embeddings)
+    queries = F.normalize(query_embeddings.float(), dim=-1)
+    corpus = corpus_embeddings.float()  # normalised one block at a time below: a large corpus is not held twice
     generator = torch.Generator().manual_seed(seed)
     report = report if report is not None else MiningReport()
     results, positive_scores, negative_scores = [], [], []
@@ -97,10 +98,11 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
         chunk = queries[start:start + chunk_size]
         chunk_positives = positive_ids[start:start + chunk_size]
         most = max(len(p) for p in chunk_positives)
-        top_scores, top_ids, _ = running_top_k(chunk, corpus_blocks(corpus, corpus_block), range_max + most)
+        unit_blocks = (F.normalize(block, dim=-1) for block in corpus_blocks(corpus, corpus_block))
+        top_scores, top_ids, _ = running_top_k(chunk, unit_blocks, range_max + most)
         for row, positives in enumerate(chunk_positives):
             positives = torch.as_tensor(sorted(set(positives)), dtype=torch.long)
-            positive_min = (chunk[row] @ corpus[positives].T).min()
+            positive_min = (chunk[row] @ F.normalize(corpus[positives], dim=-1).T).min()
             positive_scores.append(positive_min.item())
             # the pool is this query's own top range_max + P (sentence-transformers uses the largest P of the
             # dataset), so a query's negatives never depend on which other queries share its chunk
@@ -133,15 +135,6 @@ def mine_from_embeddings(query_embeddings: torch.Tensor, corpus_embeddings: torc
     if negative_scores:
         report.negative_score_mean = sum(negative_scores) / len(negative_scores)
     return results
-
-
-def _unit_rows(embeddings: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit length; the tensor itself when they already are (an encoder that normalizes), so a
-    large corpus is not held twice."""
-    embeddings = embeddings.float()
-    if len(embeddings) and torch.allclose(embeddings.norm(dim=-1), torch.ones(()), atol=1e-4):
-        return embeddings
-    return F.normalize(embeddings, dim=-1)
 
 
 def build_corpus(records: Sequence[Record],

@@ -1,8 +1,8 @@
 """Exact top-k search by dot product over a corpus too large to score at once.
 
-The corpus arrives as a tensor or as chunks in corpus order; after each chunk only a running top-k per query
-is kept (``torch.topk`` over ``[running top-k | chunk scores]``), so at most ``queries x (k + chunk)`` scores
-exist at a time, never ``queries x corpus``. Used by retrieval evaluation and hard-negative mining.
+The corpus arrives as a tensor or as chunks in corpus order; each chunk's scores are cut to their top k and
+merged into a running top-k per query (``torch.topk`` over ``[running top-k | chunk top-k]``), so at most
+``queries x chunk`` scores exist at a time, never ``queries x corpus``. Used by retrieval evaluation and hard-negative mining.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ def running_top_k(queries: torch.Tensor, corpus: torch.Tensor | Iterable[torch.T
     for chunk in chunks:
         scores = torch.cat([queries[i:i + query_block] @ chunk.T for i in range(0, len(queries), query_block)]) \
             if len(queries) else chunk.new_empty(0, len(chunk))
-        index = torch.arange(offset, offset + len(chunk)).expand(len(queries), -1)
-        merged_scores, merged_index = torch.cat([best_scores, scores], dim=1), torch.cat([best_index, index], dim=1)
+        # the chunk's own top k first, so the merge below holds 2k columns (no queries x chunk index matrix)
+        scores, position = torch.topk(scores, min(k, scores.size(1)), dim=1)
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_index = torch.cat([best_index, position + offset], dim=1)
         best_scores, position = torch.topk(merged_scores, min(k, merged_scores.size(1)), dim=1)
         best_index = torch.gather(merged_index, 1, position)
         offset += len(chunk)
