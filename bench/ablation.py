@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import write_json, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> train.py overrides (on top of experiment=real_cpu); cheapest first so partial results come early
@@ -56,7 +58,7 @@ def train(name: str, out: Path, experiment: str, extra: list[str]) -> tuple[Path
 
 
 def final_export(run_dir: Path) -> Path:
-    return sorted((run_dir / "checkpoints").glob("step_*/"))[-1]
+    return max((run_dir / "checkpoints").glob("step_*/"))
 
 
 def evaluate_model(label: str, path: str, out: Path, cache: dict, batch_size: int, bf16: bool) -> dict:
@@ -79,8 +81,7 @@ def evaluate_model(label: str, path: str, out: Path, cache: dict, batch_size: in
            "vaswani": ir[1], "sts_mean": summarize(results, specs)["sts_spearman"], "ir_mean": sum(ir) / 2,
            "eval_s": time.perf_counter() - started}
     row["mean"] = (row["sts_mean"] + row["ir_mean"]) / 2
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(row, indent=2))
+    write_json(file, row)
     print(f"[ablation] {label}: {json.dumps({k: round(v, 2) for k, v in row.items() if isinstance(v, float)})}",
           flush=True)
     return row
@@ -96,6 +97,7 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="only tabulate runs that already finished")
     parser.add_argument("extra", nargs="*", help="extra train.py overrides for every run")
     args = parser.parse_args()
+    started_at = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     os.chdir(ROOT)
     from codiemb.merge.api import merge_models
@@ -130,7 +132,7 @@ def main() -> None:
             rows[-1]["model"] += f" (lam {lam:g})"
             rows.append(score("CoDiEmb + delta fusion (lam 1)", plain))
 
-    (args.out / "ablation.json").write_text(json.dumps({"rows": rows, "train_seconds": times}, indent=2))
+    write_result(args.out / "ablation.json", {"rows": rows, "train_seconds": times}, started_at)
     table = ["| model | STS-B test | SciFact nDCG@10 | Vaswani nDCG@10 | STS mean | IR mean | overall |",
              "|---|---|---|---|---|---|---|"]
     table += [f"| {r['model']} | {r['stsb_test']:.2f} | {r['scifact']:.2f} | {r['vaswani']:.2f} | "

@@ -12,7 +12,8 @@
 with ``--workers`` workers; the peak RSS (VmHWM) of the process and of each DataLoader worker is read from
 /proc while the workers live. ``--ranks 2`` does what ``trainer=ddp_cpu_sim`` does: the main process loads, then
 two spawned ranks receive the pickled data module, build their sampler slice and draw their first batch.
-Every number is printed with ``torch.backends.cpu.get_cpu_capability()``.
+Every number is printed with ``torch.backends.cpu.get_cpu_capability()``; ``all`` also writes them to
+``<dir>/results.json`` (``rows``, after the provenance keys of ``bench/provenance.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +79,8 @@ def readjson(prefix: str) -> dict:
     for part in ("-ir.jsonl", "-sts.jsonl"):
         rows += pj.read_json(prefix + part).num_rows
     return {"label": "pyarrow.json.read_json", "rows": rows, "seconds": round(time.perf_counter() - started, 2),
-            "main_peak_rss_mb": mb(status_kb("self", "VmHWM")), "cpu": torch.backends.cpu.get_cpu_capability(),
+            "main_peak_rss_mb": mb(status_kb("self", "VmHWM")),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "loadavg": os.getloadavg()[0]}
 
 
@@ -132,7 +136,7 @@ def run(prefix: str, cache: str, ranks: int, workers: int, old: bool = False) ->
     dm.attach_tokenizer(tokenizer, {"max_query_length": 64, "max_passage_length": 256,
                                     "instruction_template": DEFAULT_INSTRUCTION_TEMPLATE})
     result = {"rows": sum(s.size for s in dm.sources), "ranks": ranks, "workers": workers, "load_s": round(load_s, 2),
-              "cpu": torch.backends.cpu.get_cpu_capability(), "old_path": old}
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "old_path": old}
     if ranks == 1:
         result.update(_first_batch(dm, 1, 0))
         result["per_rank"] = []
@@ -154,6 +158,7 @@ def run(prefix: str, cache: str, ranks: int, workers: int, old: bool = False) ->
 
 def all_runs(rows: list[int], directory: str, workers: int, old: str | None, before: str | None = None,
              only_cached: bool = False) -> None:
+    started_at = time.time()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(Path(__file__).resolve())]
@@ -183,7 +188,7 @@ def all_runs(rows: list[int], directory: str, workers: int, old: str | None, bef
                                  env={**env, "PYTHONPATH": old}, check=True, capture_output=True, text=True)
             results.append({"label": "old in-memory path", **json.loads(out.stdout.splitlines()[-1])})
             print(json.dumps(results[-1]), flush=True)
-    (directory / "results.json").write_text(json.dumps(results, indent=1))
+    write_result(directory / "results.json", {"rows": results}, started_at)
 
 
 def main() -> None:

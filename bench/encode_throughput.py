@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-from collections.abc import Mapping
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -84,7 +84,7 @@ def main() -> None:
           f"{'fp16' if args.fp16 else 'fp32'}, {args.rounds} interleaved rounds, threads {torch.get_num_threads()}")
     for name, ts in times.items():
         median = statistics.median(ts)
-        print(f"  {name:22s} median {median:7.2f} s  ({len(texts) / median:7.1f} docs/s)  runs {['%.2f' % t for t in ts]}")
+        print(f"  {name:22s} median {median:7.2f} s  ({len(texts) / median:7.1f} docs/s)  runs {[f'{t:.2f}' for t in ts]}")
     ratio = statistics.median(times["sentence-transformers"]) / statistics.median(times["codiemb"])
     print(f"  throughput ratio codiemb / sentence-transformers = {ratio:.3f}")
     print("  padding waste (padded / real tokens): " + ", ".join(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -24,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "mining_scale.json"
-CONFIG = dict(hidden_size=384, num_hidden_layers=1, num_attention_heads=6, intermediate_size=512)
+CONFIG = {"hidden_size": 384, "num_hidden_layers": 1, "num_attention_heads": 6, "intermediate_size": 512}
 
 
 def synthetic(size: int, queries: int, words_range=(10, 20), seed: int = 0):
@@ -47,7 +48,7 @@ def worker(size: int, queries: int, low: int, high: int) -> dict:
     import torch
 
     from codiemb.data.schema import Record
-    from codiemb.mining import MiningReport, mine_records
+    from codiemb.mining.miner import MiningReport, mine_records
     from codiemb.models.encoder import Encoder
 
     torch.manual_seed(0)
@@ -71,7 +72,7 @@ def run(label: str, source: Path, size: int, queries: int, words: list[int]) -> 
     env = {**os.environ, "PYTHONPATH": f"{source / 'src'}:{source}", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(size), str(queries),
                           *map(str, words)],
-                         env=env, cwd=source, capture_output=True, text=True)
+                         env=env, cwd=source, capture_output=True, text=True, check=False)
     if out.returncode:
         return {"revision": label, "corpus": size, "failed": out.stderr.strip().splitlines()[-1:]}
     return {"revision": label, **json.loads(out.stdout.strip().splitlines()[-1])}
@@ -92,8 +93,7 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(*args.worker)))
         return
-    import torch
-
+    started_at = time.time()
     sources = {"this": ROOT}
     if args.before:
         tree = Path("/tmp") / f"codiemb-mining-{args.before}"
@@ -109,13 +109,10 @@ def main(argv=None):
     finally:
         if args.before:
             git("worktree", "remove", "--force", str(sources[args.before]))
-    head = git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    payload = {"command": "python bench/mining_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-               "git": head, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": platform.processor(),
-               "threads": 1, "encoder": {"base": "all-MiniLM-L6-v2 architecture, random weights", **CONFIG},
-               "rows": rows}
-    RESULT.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"cpu capability {payload['cpu_capability']}, one thread")
+    payload = write_result(RESULT, {"worker_omp_num_threads": 1,
+                                    "encoder": {"base": "all-MiniLM-L6-v2 architecture, random weights", **CONFIG},
+                                    "rows": rows}, started_at)
+    print(f"cpu capability {payload['cpu_capability']}, one thread per worker")
     print("| revision | corpus | queries | time s | encode s | search s | peak RSS GB | embeddings GB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -3,7 +3,7 @@
     python bench/overhead.py [--rounds 2] [--steps 12] [--warmup 3] [--batch 16] [--max-length 128]
                              [--threads 1] [--precisions bf16] [--profile]
 
-codiemb side: ``codiemb.training.train`` exactly as in ``bench/train_throughput.py`` (same data, InfoNCE at
+codiemb side: ``codiemb.run.train.train`` exactly as in ``bench/train_throughput.py`` (same data, InfoNCE at
 t = 0.05, 1 positive + 3 hard negatives, 1 tokenising DataLoader worker, Lightning, clipping, scheduler, logging).
 Bare side: the same batches, produced up front by codiemb's own DataModule/Collator (so padded exactly as codiemb
 pads them) and kept in memory; the timed loop is only ``backbone forward -> mean pool -> L2 normalise ->
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_throughput as tt  # noqa: E402  (bench/ is not a package)
+import train_throughput as tt  # bench/ is not a package
 
 
 def bare_loop(args) -> list[float]:
@@ -115,9 +115,9 @@ def padding_report(args) -> None:
         for part in ("query", "passages"):
             mask = batch[part]["attention_mask"]
             real[part], padded[part] = real.get(part, 0) + int(mask.sum()), padded.get(part, 0) + mask.numel()
-    for part in real:
+    for part, tokens in real.items():
         print(f"padding, medquad IR {part} (30 batches of {args.batch}, L={args.max_length}): "
-              f"{100 * (1 - real[part] / padded[part]):.1f} %")
+              f"{100 * (1 - tokens / padded[part]):.1f} %")
     path = tt.DATA / "stsbenchmark" / "sts-train.csv"
     if not path.exists():
         return
@@ -201,7 +201,7 @@ def run_child(side: str, args, profile: bool = False) -> list[float]:
                "--threads", str(args.threads), *(["--profile"] if profile else [])]
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads))
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tt.ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tt.ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         sys.exit(f"{side} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

@@ -31,7 +31,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from codiemb.utils.precision import choose_precision, cpu_bf16_features, forward_seconds  # noqa: E402
+from provenance import write_result
+
+from codiemb.utils.precision import choose_precision, cpu_bf16_features, forward_seconds
 
 
 def abstracts(n: int = 64) -> list[str]:
@@ -59,7 +61,7 @@ def run_train(args: list[str], run_dir: Path) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
     start, cpu_before = time.perf_counter(), _children_cpu_s()
     result = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     wall, cpu = time.perf_counter() - start, _children_cpu_s() - cpu_before
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
@@ -85,13 +87,13 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "precision"))
     parser.add_argument("--scratch", default=str(ROOT / "logs" / "bench_precision"))
     args = parser.parse_args()
+    started_at = time.time()
     capability = torch.backends.cpu.get_cpu_capability()
     auto = choose_precision("cpu")
     print(f"cpu capability {capability}, bf16 features {cpu_bf16_features()}, threads {torch.get_num_threads()}, "
           f"precision auto -> {auto.describe()}", flush=True)
     scratch = Path(args.scratch) / time.strftime("%Y%m%d-%H%M%S")
-    record = {"capability": capability, "features": cpu_bf16_features(), "auto": auto.short(),
-              "threads": torch.get_num_threads(), "git": _git(), "command": " ".join(sys.argv)}
+    record = {"features": cpu_bf16_features(), "auto": auto.short()}
     enc = encode_seconds(abstracts())
     record["encode_64_abstracts_s"] = enc
     print(f"[{capability}] encode 64 abstracts @256: fp32 {enc['fp32']:.2f} s, bf16 {enc['bf16']:.2f} s, "
@@ -105,17 +107,9 @@ def main() -> None:
               f"{runs[precision]['train_wall_s']:.0f} s in train(), "
               f"{runs[precision]['steps']} steps, merge/val/mean {runs[precision]['merge/val/mean']}", flush=True)
     record["default_run"] = runs
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    file = out / f"{capability}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    file.write_text(json.dumps(record, indent=2) + "\n")
+    file = Path(args.out) / f"{capability}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_result(file, record, started_at)
     print(f"wrote {file}")
-
-
-def _git() -> str:
-    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-    return rev + ("+uncommitted" if dirty.strip() else "")
 
 
 if __name__ == "__main__":

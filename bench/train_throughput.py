@@ -18,6 +18,7 @@ Each side runs in its own subprocess (``--side codiemb|st``), sides interleaved 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -88,7 +89,7 @@ def run_codiemb(args, data_path: Path) -> None:
     import lightning as L
     from omegaconf import open_dict
 
-    from codiemb.training import train
+    from codiemb.run.train import train
 
     cfg = compose_train(codiemb_overrides(args, data_path), Path(tempfile.mkdtemp(prefix="codiemb-bench-")))
     with open_dict(cfg):
@@ -132,7 +133,7 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     data_path = build_medquad_ir()
     (run_codiemb if args.side == "codiemb" else run_sentence_transformers)(args, data_path)
-    steps = [b - a for a, b in zip(STEP_ENDS, STEP_ENDS[1:])][args.warmup:]
+    steps = [b - a for a, b in itertools.pairwise(STEP_ENDS)][args.warmup:]
     print("RESULT " + json.dumps({"side": args.side, "precision": args.precision, "steps": steps,
                                   "threads": torch.get_num_threads(), "recorded": len(STEP_ENDS)}))
 
@@ -144,7 +145,7 @@ def run_child(side: str, precision: str, args, extra: list[str] | None = None) -
                "--threads", str(args.threads), *(["--extra", *extra] if extra else [])]
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(args.threads))
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         sys.exit(f"{side}/{precision} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")

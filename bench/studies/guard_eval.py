@@ -1,13 +1,15 @@
-"""Score models on the out-of-distribution guard (issue #19) and write one result JSON per model.
+"""Score models on the out-of-distribution guard and write one result JSON per model.
 
-    python bench/guard_eval.py --label base --model bundled:all-MiniLM-L6-v2
-    python bench/guard_eval.py --label sts_cosent --model logs/guard/runs/sts_cosent_stsb/checkpoints/step_000089 \
+    python bench/studies/guard_eval.py --label base --model bundled:all-MiniLM-L6-v2
+    python bench/studies/guard_eval.py --label sts_cosent \
+        --model logs/guard/runs/sts_cosent_stsb/checkpoints/step_000089 \
         --note "STS only, STS-B train, loss=cosent" --cmd "python train.py ..." --train-s 512
-    python bench/guard_eval.py ... --val      # also the recipe's validation sets (eval=real_holdout)
-    python bench/guard_eval.py ... --test     # also the test sets (read once per finished recipe only)
+    python bench/studies/guard_eval.py ... --val    # also the recipe's validation sets (eval=real_holdout)
+    python bench/studies/guard_eval.py ... --test   # also the test sets (read once per finished recipe only)
 
-Writes bench/results/guard/<label>.json: the command that made the model (--cmd), this command, the git
-revision, torch.backends.cpu.get_cpu_capability(), thread count, wall times, every metric of every set.
+Writes bench/results/guard/<label>.json: the provenance keys of bench/provenance.py (command, git revision,
+CPU capability, threads, wall time, ...), the command that made the model (--cmd), the arguments this scoring
+got, wall time per group, every metric of every set.
 An existing file is kept (pass --force to redo). Evaluation in fp32 (deterministic; bf16 autocast moves
 scores by up to ~0.15 between runs, which is the size of the effects read here).
 """
@@ -16,13 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from provenance import provenance, write_json, write_result  # bench/ is not a package
+
 RESULTS = ROOT / "bench" / "results" / "guard"
 
 
@@ -34,16 +38,6 @@ def compose_sets(group: str, overrides: list[str] | None = None) -> list[dict]:
         cfg = compose("eval", overrides=[f"eval={group}", f"paths.root_dir={ROOT}", *(overrides or [])],
                       return_hydra_config=True)
     return OmegaConf.to_container(cfg.eval.sets, resolve=True)
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def main(argv=None) -> dict:
@@ -64,6 +58,7 @@ def main(argv=None) -> dict:
                         "result file and add them (after a set was added to the guard)")
     parser.add_argument("overrides", nargs="*", help="eval-config overrides, e.g. eval.max_pairs=400")
     args = parser.parse_args(argv)
+    started_at = time.time()
 
     import torch
 
@@ -72,7 +67,7 @@ def main(argv=None) -> dict:
 
     out = Path(args.out) / f"{args.label}.json"
     if out.exists() and args.add:
-        return add_missing(out, args)
+        return add_missing(out, args, started_at)
     if out.exists() and not args.force:
         print(f"[guard] {out} exists (use --force)")
         return json.loads(out.read_text())
@@ -80,13 +75,13 @@ def main(argv=None) -> dict:
         (["real_test"] if args.test else [])
     torch.manual_seed(0)
     encoder = Encoder.from_pretrained(args.model).eval()
+    # guard_eval_args: what this scoring got, also when called in-process (guard_factors.py, merge_tuning.py)
     payload = {"label": args.label, "model": args.model, "note": args.note, "train_cmd": args.cmd,
-               "train_s": args.train_s, "eval_cmd": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-               "git": git_revision(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-               "threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+               "train_s": args.train_s, "guard_eval_args": list(sys.argv[1:] if argv is None else argv),
                "precision": "fp32", "groups": {}}
-    print(f"[guard] {args.label}: {args.model}  cpu capability {payload['cpu_capability']}, "
-          f"{payload['threads']} thread(s)", flush=True)
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(f"[guard] {args.label}: {args.model}  cpu capability {capability}, "
+          f"{torch.get_num_threads()} thread(s)", flush=True)
     for group in groups:
         sets = compose_sets(group, args.overrides if group == "guard" else None)
         started = time.perf_counter()
@@ -96,13 +91,11 @@ def main(argv=None) -> dict:
                                     "wall_s": time.perf_counter() - started, "overrides": args.overrides
                                     if group == "guard" else []}
         print(f"[guard] {group}: {payload['groups'][group]['summary']} "
-              f"({payload['groups'][group]['wall_s']:.0f} s, cpu capability {payload['cpu_capability']})", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    return payload
+              f"({payload['groups'][group]['wall_s']:.0f} s, cpu capability {capability})", flush=True)
+    return write_result(out, payload, started_at)
 
 
-def add_missing(out: Path, args) -> dict:
+def add_missing(out: Path, args, started_at: float) -> dict:
     """Score the guard sets that ``out`` lacks and merge them in (summary recomputed; ``added`` records it)."""
     import torch
 
@@ -123,10 +116,9 @@ def add_missing(out: Path, args) -> dict:
     group["sets"] = {s["name"]: group["sets"][s["name"]] for s in sets if s["name"] in group["sets"]}
     group["summary"] = summarize(group["sets"], sets)
     group["wall_s"] += time.perf_counter() - started
-    payload.setdefault("added", []).append({"sets": [s["name"] for s in missing], "git": git_revision(),
-                                            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                                            "eval_cmd": " ".join(["python", *sys.argv])})
-    out.write_text(json.dumps(payload, indent=2) + "\n")
+    # the file keeps the provenance of its first scoring; each addition records its own
+    payload.setdefault("added", []).append({"sets": [s["name"] for s in missing], **provenance(started_at)})
+    write_json(out, payload)
     print(f"[guard] {args.label}: added {[s['name'] for s in missing]}: {group['summary']}", flush=True)
     return payload
 

@@ -1,26 +1,27 @@
-"""Delta fusion's own settings (issue #15), chosen on the validation sets only.
+"""Delta fusion's own settings, chosen on the validation sets only.
 
-    python bench/merge_tuning.py --run logs/guard/runs/joint_recipe --lam 0.7
+    python bench/studies/merge_tuning.py --run logs/guard/runs/joint_recipe --lam 0.7
 
 Merges the run's periodic exports with `merge.method=delta` at every `merge.p` x `merge.granularity` of the
 grid (and the uniform soup of the same exports, the reference the issue names) into logs/merge_tuning/, scores
-each on `eval=real_holdout` (STS-B dev, SciFact holdout) in fp32 through bench/guard_eval.py --no-guard --val,
-and prints one table ranked by the validation mean. Result files: bench/results/merge_tuning/<label>.json
-(merge command, git revision, CPU capability, wall times). The test sets are never read here.
+each on `eval=real_holdout` (STS-B dev, SciFact holdout) in fp32 through bench/studies/guard_eval.py --no-guard
+--val, and prints one table ranked by the validation mean. Result files: bench/results/merge_tuning/<label>.json
+(merge command, provenance keys of bench/provenance.py) and table.json. The test sets are never read here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import guard_eval  # noqa: E402  (bench/ is not a package)
+import guard_eval  # bench/ is not a package; guard_eval.py sits beside this file
+from provenance import write_result
 
 RESULTS = ROOT / "bench" / "results" / "merge_tuning"
 
@@ -45,6 +46,7 @@ def main(argv=None):
     parser.add_argument("--p", nargs="*", type=float, default=[1.0, 2.0])
     parser.add_argument("--granularity", nargs="*", default=["element", "row", "tensor"])
     args = parser.parse_args(argv)
+    started_at = time.time()
     run = Path(args.run).resolve()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -61,9 +63,9 @@ def main(argv=None):
     for label, payload in sorted(rows, key=lambda r: -r[1]["groups"]["real_holdout"]["summary"]["mean"]):
         summary = payload["groups"]["real_holdout"]["summary"]
         print(f"| {label} | {summary['sts_spearman']:.2f} | {summary['ir_ndcg@10']:.2f} | {summary['mean']:.2f} |")
-    (RESULTS / "table.json").write_text(json.dumps(
-        {"command": "python bench/merge_tuning.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-         "rows": {label: payload["groups"]["real_holdout"]["summary"] for label, payload in rows}}, indent=2) + "\n")
+    write_result(RESULTS / "table.json",
+                 {"rows": {label: payload["groups"]["real_holdout"]["summary"] for label, payload in rows}},
+                 started_at)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Tables of the out-of-distribution guard (issue #19) from bench/results/guard/*.json.
+"""Tables of the out-of-distribution guard from bench/results/guard/*.json.
 
-    python bench/guard_table.py                 # summary table (markdown) + per-set deltas
-    python bench/guard_table.py --labels base sts_codiemb_stsb sts_cosent_stsb
+    python bench/studies/guard_table.py         # summary table (markdown) + per-set deltas
+    python bench/studies/guard_table.py --labels base sts_codiemb_stsb sts_cosent_stsb
 
 Each result file may name ``in_domain`` guard sets (sources the model was trained on); the verdict
 (mean delta, sets below the base, worst set) is computed on the other, out-of-distribution sets only,
@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "guard"
 
 

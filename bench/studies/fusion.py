@@ -1,15 +1,18 @@
-"""Fusion across training trajectories (issue #15): merge the runs of a sweep, score every row on the test sets.
+"""Fusion across training trajectories: merge the runs of a sweep, score every row on the test sets.
 
-    python bench/fusion.py --sweep seed --runs logs/fusion_runs/seed42 logs/fusion_runs/seed43 logs/fusion_runs/seed44
-    python bench/fusion.py --sweep leaning --runs logs/fusion_runs/ir75 logs/fusion_runs/seed42 logs/fusion_runs/sts25
+    python bench/studies/fusion.py --sweep seed --runs logs/fusion_runs/seed42 logs/fusion_runs/seed43 \
+        logs/fusion_runs/seed44
+    python bench/studies/fusion.py --sweep leaning --runs logs/fusion_runs/ir75 logs/fusion_runs/seed42 \
+        logs/fusion_runs/sts25
 
 Rows: each trajectory's last export; the uniform soup of those; delta fusion (element and row granularity);
 TIES; DARE; delta over every export of every trajectory (``merge.select=all``). Merges go through
-``merge_from_config`` exactly as ``python merge.py merge.runs=[...]`` would. Test scoring is section 1's
+``merge_from_config`` exactly as ``python merge.py merge.runs=[...]`` would. Test scoring is the ablation's
 (``bench/ablation.py``'s ``evaluate_model``: STS-B test, SciFact, Vaswani, bf16 autocast), cached per model under
 ``--work``, so a rerun only scores what is new; ``--val`` adds the validation sets (STS-B dev + held-out SciFact
-train queries) used to choose settings. Writes ``bench/results/fusion/<sweep>.json`` (metrics, exact commands,
-git revision, wall times, CPU); ``bench/fusion_table.py`` builds the tables from those files.
+train queries) used to choose settings. Writes ``bench/results/fusion/<sweep>.json`` (the provenance keys of
+``bench/provenance.py``, metrics, training commands and wall times); ``bench/studies/fusion_table.py`` builds the
+tables from those files.
 """
 
 from __future__ import annotations
@@ -17,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ablation import evaluate_model  # noqa: E402  (section 1's scoring, reused as is)
+from ablation import evaluate_model  # the ablation's test scoring, reused as is
+from provenance import write_json, write_result
 
 # row key -> (label, merge config); "last" rows are added per run
 MERGES = {
@@ -44,18 +46,7 @@ VAL_SETS = [
 ]
 
 
-def environment() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    dirty = subprocess.run(["git", "diff", "--stat"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"git_revision": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True).stdout.strip(),
-            "git_tree": "uncommitted changes on top of the revision (issue #15 in progress)" if dirty else "clean",
-            "cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "precision": "training: bf16 autocast (trainer=cpu); test encoding: bf16 autocast (as section 1)"}
+PRECISION = "training: bf16 autocast (trainer=cpu); test encoding: bf16 autocast (as the ablation)"
 
 
 def run_info(run: Path) -> dict:
@@ -85,6 +76,7 @@ def main() -> None:
     parser.add_argument("--cached-only", action="store_true",
                         help="only collect rows already scored (no merging, no scoring): assemble the result file")
     args = parser.parse_args()
+    started_at = time.time()
     os.chdir(ROOT)
     import torch
 
@@ -112,11 +104,9 @@ def main() -> None:
         write()
 
     def write() -> None:
-        payload = {"sweep": args.sweep, "environment": environment(), "runs": [run_info(r) for r in runs],
-                   "commands": {"fusion": "python bench/fusion.py " + " ".join(sys.argv[1:])},
+        payload = {"sweep": args.sweep, "precision": PRECISION, "runs": [run_info(r) for r in runs],
                    "rows": rows, "merges": merges}
-        args.out.mkdir(parents=True, exist_ok=True)
-        result_file.write_text(json.dumps(payload, indent=2) + "\n")
+        write_result(result_file, payload, started_at)
 
     merges: dict = previous.get("merges", {})
     finished = [r for r in runs if (r / "DONE").is_file()]
@@ -162,8 +152,7 @@ def validation(path: Path, cache: dict, work: Path, label: str) -> dict:
     results = evaluate(Encoder.from_pretrained(str(path)), specs, batch_size=128, cache=cache,
                        autocast_dtype=torch.bfloat16)
     row = {k: float(v) for k, v in summarize(results, specs).items()}
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(row, indent=2))
+    write_json(file, row)
     return row
 
 

@@ -1,30 +1,30 @@
-"""Factor study for issue #19 (gains that travel): train one variant at a time, score it on the guard.
+"""Factor study (gains that travel): train one variant at a time, score it on the out-of-distribution guard.
 
-    python bench/guard_factors.py --runs sts_codiemb_stsb sts_cosent_stsb sts_angle_stsb sts_codiemb_full
-    python bench/guard_factors.py --loso cosent            # STS-B genres left out one at a time (STS only)
-    python bench/guard_factors.py --wise logs/fusion_runs/seed42 --lams 0.5 0.7 1.0   # WiSE-FT on a run
+    python bench/studies/guard_factors.py --runs sts_codiemb_stsb sts_cosent_stsb sts_angle_stsb sts_codiemb_full
+    python bench/studies/guard_factors.py --loso cosent     # STS-B genres left out one at a time (STS only)
+    python bench/studies/guard_factors.py --wise logs/fusion_runs/seed42 --lams 0.5 0.7 1.0   # WiSE-FT on a run
 
 Runs are `python train.py experiment=real_cpu` + the run's overrides (one process, seed 42), written to
 logs/guard/runs/<name> (a run with a DONE file is reused). --wise merges a finished run's periodic exports
 with delta fusion at each lam (lam < 1 = WiSE-FT: the fused delta scaled back towards the pre-trained
 weights) into logs/guard/wise/<run>_lam<lam> and scores each on the guard and the recipe's validation sets.
-Scores go to bench/results/guard/<label>.json through bench/guard_eval.py; `in_domain` there names the
-guard sets whose source the model trained on (left out of the verdict). Table: bench/guard_table.py.
+Scores go to bench/results/guard/<label>.json through bench/studies/guard_eval.py; `in_domain` there names the
+guard sets whose source the model trained on (left out of the verdict). Table: bench/studies/guard_table.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-import guard_eval  # noqa: E402  (bench/ is not a package)
+import guard_eval  # bench/ is not a package; guard_eval.py sits beside this file
+from provenance import write_json
 
 STSB_DEV = ["stsb_dev_news", "stsb_dev_captions", "stsb_dev_forum"]
 STS12 = ["sts12_msrpar", "sts12_msrvid", "sts12_smteuroparl"]
@@ -48,8 +48,8 @@ RUNS = {
     "sts_cosent_stsb_lr2e-5": (["task_mix=sts_only", "loss=cosent", STSB_ONLY, "module.lr=2e-5"], STSB_TRAINED,
                                "STS only, STS-B train, CoSENT, lr 2e-5 (recipe: 5e-5)"),
     "sts_codiemb_stsb_nomid": (["task_mix=sts_only", "loss=codiemb", STSB_ONLY, "loss.sts.middle_infonce_weight=0"],
-                               STSB_TRAINED, "STS only, STS-B train, CoDiEmb STS composite without the "
-                               "middle-layer InfoNCE term"),
+                               STSB_TRAINED, ("STS only, STS-B train, CoDiEmb STS composite without the "
+                                              "middle-layer InfoNCE term")),
     "sts_codiemb_full": (["task_mix=sts_only", "loss=codiemb"], STSB_DEV + STS12,
                          "STS only, STS-B + STS12 train (the recipe's STS data), CoDiEmb STS composite"),
     # the joint recipe (experiment=real_cpu: STS-B + STS12 train, SciFact + PubMedQA + Climate-FEVER + MedQuAD)
@@ -61,7 +61,7 @@ RUNS = {
                     "joint recipe, L2-SP: + 1.0 * ||w - w0||^2 over the encoder's weights"),
     "joint_freeze_emb": (["module.freeze_embeddings=true"], STSB_DEV + STS12,
                          "joint recipe, embedding layer frozen"),
-    # issue #17: length-grouped batches change the in-batch negatives; does quality hold?
+    # length-grouped batches change the in-batch negatives; does quality hold?
     "joint_lengroup": (["data.length_grouping=true"], STSB_DEV + STS12,
                        "joint recipe, length-grouped batches (data.length_grouping=true)"),
     # retrieval transfer falls most when STS dominates (STS-only runs: WikiQA -3.6); more IR steps?
@@ -102,8 +102,8 @@ def loso_runs(loss: str, sources=LOSO_SOURCES) -> dict:
             [f"sts12_{f.lower()}" for f in ("MSRpar", "MSRvid") if f in files]
         data = f"data.datasets=[{{name:stsb_train,task:sts,format:stsb,path:{path}}}]"
         runs[f"loso_{loss}_no_{held}"] = (["task_mix=sts_only", f"loss={loss}", data], in_domain,
-                                          f"STS only, STS-B train without {held} ({len(lines) - len(kept)} of "
-                                          f"{len(lines)} pairs removed), loss={loss}")
+                                          (f"STS only, STS-B train without {held} ({len(lines) - len(kept)} "
+                                           f"of {len(lines)} pairs removed), loss={loss}"))
     return runs
 
 
@@ -128,16 +128,16 @@ def train(name: str, overrides: list[str]) -> tuple[Path, float, str]:
 
 
 def last_export(run_dir: Path) -> Path:
-    return sorted((run_dir / "checkpoints").glob("step_*/"))[-1]
+    return max((run_dir / "checkpoints").glob("step_*/"))
 
 
 def score(label: str, model: Path | str, in_domain: list[str], note: str, cmd: str, train_s, val: bool):
     argv = ["--label", label, "--model", str(model), "--note", note, "--cmd", cmd] + \
         (["--train-s", str(train_s)] if train_s is not None else []) + (["--val"] if val else [])
     payload = guard_eval.main(argv)
-    if payload.get("in_domain") != in_domain:
+    if payload.get("in_domain") != in_domain:  # the file keeps the provenance of its scoring
         payload["in_domain"] = in_domain
-        (Path(guard_eval.RESULTS) / f"{label}.json").write_text(json.dumps(payload, indent=2) + "\n")
+        write_json(Path(guard_eval.RESULTS) / f"{label}.json", payload)
 
 
 def wise(run_dir: Path, lams: list[float], val: bool):

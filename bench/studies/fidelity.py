@@ -1,13 +1,13 @@
-"""One cheap real-data run for the official-fidelity switches (issue #16), result as JSON.
+"""One cheap real-data run for the official-fidelity switches, result as JSON.
 
-    python bench/fidelity.py NAME [train.py overrides ...]
+    python bench/studies/fidelity.py NAME [train.py overrides ...]
 
 Runs ``train.py experiment=real_cpu trainer.max_steps=60 merge=none`` (``$FIDELITY_STEPS`` steps) plus the
-overrides from a snapshot of
-``src/`` and ``configs/`` (so editing the tree while it runs changes nothing), one OpenMP thread, validation
-only at the end (STS-B dev + the held-out SciFact train queries, ``val=real_holdout``; never a test split), and
-writes ``bench/results/fidelity/NAME.json``: command, git revision (+ hash of the uncommitted diff), wall time,
-CPU capability and the final ``val/*`` metrics. Mined negatives are cached in ``$FIDELITY_DIR/logs/mined``.
+overrides from a snapshot of ``src/`` and ``configs/`` (so editing the tree while it runs changes nothing), one
+OpenMP thread, validation only at the end (STS-B dev + the held-out SciFact train queries, ``val=real_holdout``;
+never a test split), and writes ``bench/results/fidelity/NAME.json``: the provenance keys of
+``bench/provenance.py``, the train.py command, a hash of the uncommitted diff and the final ``val/*`` metrics.
+Mined negatives are cached in ``$FIDELITY_DIR/logs/mined``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from provenance import write_result  # bench/ is not a package
+
 WORK = Path(os.environ.get("FIDELITY_DIR", "/tmp/codiemb-fidelity"))
 STEPS = int(os.environ.get("FIDELITY_STEPS", "60"))
 BASE = ["experiment=real_cpu", f"trainer.max_steps={STEPS}", "merge=none", "checkpoint_every_n_steps=100000",
@@ -30,23 +34,15 @@ BASE = ["experiment=real_cpu", f"trainer.max_steps={STEPS}", "merge=none", "chec
         "callbacks.progress_bar.refresh_rate=20"]
 
 
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
-
-
-def write_result(name: str, command: str, wall_s: float, metrics: dict, **extra) -> None:
-    """``bench/results/fidelity/<name>.json``: command, git revision (+ hash of the uncommitted diff), wall time,
-    CPU capability, load and the metrics; also printed. Shared with ``bench/fidelity_eval.py``."""
-    import torch
-
-    result = {"name": name, "command": command, **extra, "git_revision": git("rev-parse", "HEAD"),
-              "uncommitted_diff_sha1": hashlib.sha1(git("diff", "HEAD").encode()).hexdigest(),
-              "wall_time_s": round(wall_s, 1), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "omp_threads": 1, "load_average": os.getloadavg(), "metrics": metrics}
-    out = ROOT / "bench" / "results" / "fidelity" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result, indent=1))
+def save(name: str, started_at: float, metrics: dict, **extra) -> dict:
+    """``bench/results/fidelity/<name>.json``: provenance, a hash of the uncommitted diff, the load average and
+    the metrics; also printed. Shared with ``bench/studies/fidelity_eval.py``."""
+    diff = subprocess.run(["git", "diff", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False).stdout
+    payload = {"name": name, **extra, "uncommitted_diff_sha1": hashlib.sha1(diff.encode()).hexdigest(),
+               "load_average": os.getloadavg(), "metrics": metrics}
+    record = write_result(ROOT / "bench" / "results" / "fidelity" / f"{name}.json", payload, started_at)
+    print(json.dumps(record, indent=1))
+    return record
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:
@@ -59,6 +55,10 @@ def final_metrics(run_dir: Path) -> dict[str, float]:
 
 
 def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return
+    started_at = time.time()
     name, overrides = sys.argv[1], sys.argv[2:]
     snap, run_dir = WORK / "snap" / name, WORK / "runs" / name
     shutil.rmtree(snap, ignore_errors=True)
@@ -71,12 +71,11 @@ def main() -> None:
     env.setdefault("HF_DATASETS_CACHE", str(WORK / "hf-datasets"))
     cmd = [sys.executable, "train.py", *BASE, *overrides, f"paths.log_dir={WORK / 'logs'}",
            f"paths.shared_data_dir={ROOT.parent / 'shared' / 'data'}", f"hydra.run.dir={run_dir}"]
-    started = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(WORK / f"{name}.log", "w") as log:
         rc = subprocess.run(cmd, cwd=snap, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-    write_result(name, " ".join(["python train.py", *BASE, *overrides]), time.perf_counter() - started,
-                 final_metrics(run_dir), returncode=rc)
+    save(name, started_at, final_metrics(run_dir), train_command=" ".join(["python train.py", *BASE, *overrides]),
+         returncode=rc, omp_threads=1)
 
 
 if __name__ == "__main__":

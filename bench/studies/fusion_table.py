@@ -1,9 +1,10 @@
 """The fusion tables of BENCHMARKS.md, built from the committed result files (bench/results/fusion/*.json).
 
-    python bench/fusion_table.py            # markdown on stdout: one table per experiment + the targets
+    python bench/studies/fusion_table.py    # markdown on stdout: one table per experiment + the targets
 
-Targets (issue #15): delta fusion of the trajectories >= best single trajectory + 0.5 overall, >= the uniform
-soup of the same checkpoints, and on each task within 0.3 of (or above) the matching specialist of section 1.
+Targets: delta fusion of the trajectories >= best single trajectory + 0.5 overall, >= the uniform soup of the
+same checkpoints, and on each task within 0.3 of (or above) the matching specialist of the ablation.
+Reads both the provenance keys of ``bench/provenance.py`` and the ``environment`` block of older result files.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "fusion"
-# BENCHMARKS.md section 1 (same data, same test scoring): the specialists and the single CoDiEmb run.
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "fusion"
+# The ablation in BENCHMARKS.md (same data, same test scoring): the specialists and the single CoDiEmb run.
 SECTION1 = {"STS only (STS-B test)": 86.08, "IR only (IR mean)": 57.46, "CoDiEmb balanced last (overall)": 71.23}
 ORDER = ["last", "uniform", "delta", "delta_row", "ties", "dare", "delta_all"]
 
@@ -77,18 +78,23 @@ def targets(result: dict) -> list[str]:
 
 
 def main() -> None:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__)
+        return
     files = sorted(RESULTS.glob("*.json")) if len(sys.argv) < 2 else [Path(p) for p in sys.argv[1:]]
     summary = ["| sweep | best single | uniform soup | delta (element) | delta (row) | delta - best single |",
                "|---|---|---|---|---|---|"]
     for file in files:
         result = json.loads(file.read_text())
-        env = result["environment"]
+        env = result.get("environment", result)  # files written before bench/provenance.py: "environment"
+        dirty = env.get("git_dirty", env.get("git_tree", "clean") != "clean")
         walls = ", ".join(f"{Path(r['run']).name} {r['wall_s']:.0f}" for r in result["runs"] if r.get("wall_s"))
         print(f"### {result['sweep']} ({len(result['runs'])} trajectories)\n")
         trained = next((r.get("git_at_training") for r in result["runs"] if r.get("git_at_training")), None)
         where = f"trained at git {trained[:7]}, scored at {env['git_revision'][:7]}" if trained else \
             f"git {env['git_revision'][:7]}"
-        print(f"`{file.name}`; {where} (both with uncommitted work on top); {env['cpu']} "
+        print(f"`{file.name}`; {where}{' (with uncommitted work on top)' if dirty else ''}; "
+              f"{env.get('cpu_model', env.get('cpu'))} "
               f"({env['cpu_capability']}), torch {env['torch']}; {env['precision']}. "
               f"Train wall time (s): {walls or '-'}.\n")
         print("\n".join(table(result)) + "\n")

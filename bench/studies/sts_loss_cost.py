@@ -1,6 +1,6 @@
 """STS loss cost: CoDiEmb's composite (Pearson + rank-KL + PRO + middle-layer InfoNCE) vs InfoNCE alone.
 
-    python bench/sts_loss_cost.py [--sizes 32 64 128 256 512] [--repeats 20] [--threads 1] [--dim 384]
+    python bench/studies/sts_loss_cost.py [--sizes 32 64 128 256 512] [--repeats 20] [--threads 1] [--dim 384]
 
 For each global batch size B: random final-layer and middle-layer embeddings ``[B, dim]`` (requires_grad) and
 gold scores in [0, 1]; time forward + backward of ``CoDiEmbSTSLoss`` (the 4-part composite, PRO weighted) and of
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / ".." / "shared" / "data"
 
 
