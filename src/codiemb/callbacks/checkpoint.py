@@ -1,8 +1,11 @@
-"""Periodic model exports: the inputs of the merge stage.
+"""Periodic model exports (the inputs of the merge stage) and the resumable ``.ckpt`` files.
 
-Lightning's own ``ModelCheckpoint`` writes the resumable ``.ckpt`` files; this callback writes, at the same
-cadence, an exported model directory (sentence-transformers layout) per checkpoint, plus the initial weights
-that the merge stage uses as its base.
+:class:`StepCheckpoint` (Lightning's ``ModelCheckpoint``) writes the resumable ``.ckpt`` files, through
+:class:`AtomicCheckpointIO`: a temporary file beside the target, fsync, ``os.replace``, fsync of the directory
+(Lightning's own writer stages the file in ``$TMPDIR`` and moves it, which across filesystems is a copy into the
+final name: a full disk or a kill left a truncated ``step_XXXXXX.ckpt`` or a 0-byte ``last.ckpt``).
+:class:`PeriodicExport` writes, at the same cadence, an exported model directory (sentence-transformers layout)
+per checkpoint, plus the initial weights that the merge stage uses as its base.
 """
 
 from __future__ import annotations
@@ -12,7 +15,11 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from codiemb.utils.atomic import atomic_file, remove_stale_temporaries_in
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +168,40 @@ def run_card_info(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
             "training": {"optimizer steps": trainer.global_step}}
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file beside the checkpoint, then fsync, ``os.replace`` and fsync of the
+    directory (:func:`codiemb.utils.atomic.atomic_file`). A save that fails (a full disk, a kill) leaves the
+    previous file of that name intact and no temporary behind (a killed process's is removed by the next save).
+    Remote URLs (``s3://`` ...) keep Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        text = str(path)
+        if "://" in text and not text.startswith("file://"):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError(f"storage_options are not supported by {type(self).__name__}")
+        with atomic_file(text.removeprefix("file://"), "wb") as fh:
+            torch.save(checkpoint, fh)
+
+
+def use_atomic_checkpoint_io(trainer: L.Trainer) -> None:
+    """Give ``trainer`` :class:`AtomicCheckpointIO` unless it was configured with a checkpoint IO of its own."""
+    strategy = trainer.strategy
+    current = getattr(strategy, "_checkpoint_io", None)
+    if current is None or type(current) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
 class StepCheckpoint(ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` that also saves at the end of training when the last step was not a
-    multiple of ``every_n_train_steps``, so the final weights always have a resumable checkpoint."""
+    """Lightning's ``ModelCheckpoint`` that writes every ``.ckpt`` atomically in its own directory
+    (:class:`AtomicCheckpointIO`) and also saves at the end of training when the last step was not a multiple of
+    ``every_n_train_steps``, so the final weights always have a resumable checkpoint."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        use_atomic_checkpoint_io(trainer)
+        if trainer.is_global_zero and self.dirpath:  # temporaries of a run killed while saving
+            remove_stale_temporaries_in(self.dirpath)
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
