@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import codiemb.utils.atomic as atomic
+from codiemb.utils import atomic
 
 
 def enospc(*args, **kwargs):
@@ -18,10 +18,9 @@ def enospc(*args, **kwargs):
 def test_atomic_file_failing_mid_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "last.ckpt"
     atomic.atomic_write_bytes(target, b"old" * 1000)
-    with pytest.raises(OSError):
-        with atomic.atomic_file(target) as fh:
-            fh.write(b"new" * 500)
-            enospc()
+    with pytest.raises(OSError), atomic.atomic_file(target) as fh:
+        fh.write(b"new" * 500)
+        enospc()
     assert target.read_bytes() == b"old" * 1000 and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
