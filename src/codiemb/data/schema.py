@@ -8,13 +8,18 @@ One record is one training example of one task:
 
 ``instruction`` is optional and, when present, is prepended to the query by the collator.
 FlagEmbedding's ``pos``/``neg`` keys are accepted as aliases of ``positives``/``negatives``.
+
+Teacher scores for distillation (FlagEmbedding's layout): a row may carry ``pos_scores`` / ``neg_scores``, lists
+of finite numbers, one per positive / negative in the same order. Both or neither (``neg_scores`` may be left out
+when there is no negative); absent or null means the row has none (``Record.pos_scores is None``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from codiemb.errors import DataError
 
@@ -44,6 +49,8 @@ class Record:
     score_range: tuple[float, float] = (0.0, 5.0)
     instruction: str | None = None
     dataset: str = ""
+    pos_scores: tuple[float, ...] | None = None  # teacher scores, one per positive (distillation)
+    neg_scores: tuple[float, ...] | None = None  # one per negative; None: the row has no teacher scores
     meta: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -77,6 +84,43 @@ def _texts(value: Any, name: str, where: dict) -> tuple[str, ...]:
     return tuple(_text(v, f"{name}[{i}]", where) for i, v in enumerate(value))
 
 
+def _number(value: Any, name: str, where: dict) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"expected a number, got {type(value).__name__}", field=name, **where)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range is as infinite as inf
+        number = math.inf
+    if not math.isfinite(number):
+        raise DataError(f"expected a finite number, got {show_value(value)}", field=name, **where)
+    return number
+
+
+def _scores(value: Any, name: str, count: int, kind: str, where: dict) -> tuple[float, ...]:
+    """One finite number per passage of ``kind`` (``count`` of them)."""
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"expected a list of numbers, got {type(value).__name__}", field=name, **where)
+    if len(value) != count:
+        raise DataError(f"expected {count} number{'' if count == 1 else 's'} (one per {kind}), got {len(value)}",
+                        field=name, **where)
+    return tuple(_number(v, f"{name}[{i}]", where) for i, v in enumerate(value))
+
+
+def _teacher_scores(raw: Mapping[str, Any], positives: tuple, negatives: tuple,
+                    where: dict) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    pos, neg = raw.get("pos_scores"), raw.get("neg_scores")
+    if pos is None and neg is None:
+        return None, None
+    if neg is None and not negatives:
+        neg = ()
+    for name, value, other in (("pos_scores", pos, "neg_scores"), ("neg_scores", neg, "pos_scores")):
+        if value is None:
+            raise DataError(f"missing, but '{other}' is given: teacher scores need one number per positive and "
+                            "per negative", field=name, **where)
+    return (_scores(pos, "pos_scores", len(positives), "positive", where),
+            _scores(neg, "neg_scores", len(negatives), "negative", where))
+
+
 def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = None,
                  line: int | None = None, task: str | None = None,
                  score_range: tuple[float, float] = (0.0, 5.0)) -> Record:
@@ -103,6 +147,7 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
     if not positives:
         raise DataError("needs at least one positive", field="positives", **where)
     negatives = _texts(raw.get("negatives"), "negatives", where)
+    pos_scores, neg_scores = _teacher_scores(raw, positives, negatives, where)
     instruction = raw.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise DataError("expected a string", field="instruction", **where)
@@ -127,4 +172,5 @@ def parse_record(raw: Mapping[str, Any], *, dataset: str, source: str | None = N
                             field="score", **where)
         score = float(score)
     return Record(task=row_task, query=query, positives=positives, negatives=negatives, score=score,
-                  score_range=(low, high), instruction=instruction or None, dataset=dataset)
+                  score_range=(low, high), instruction=instruction or None, dataset=dataset, pos_scores=pos_scores,
+                  neg_scores=neg_scores)
