@@ -18,7 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import codiemb.utils.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
 
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,7 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import codiemb.utils.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
 
 
 # Paths in the configs are relative to this directory (configs/paths/default.yaml).
@@ -14,7 +14,7 @@ os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="mine")
 def main(cfg: DictConfig) -> None:
-    from codiemb.mining import mine_dataset
+    from codiemb.mining.miner import mine_dataset
 
     report = mine_dataset(
         model_path=cfg.model_path, encoder_options=OmegaConf.to_container(cfg.encoder),

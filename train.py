@@ -6,7 +6,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import codiemb.utils.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
 from codiemb.errors import CodiembError
 from codiemb.utils.summary import objective
 
@@ -17,7 +17,7 @@ os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from codiemb.training import train
+    from codiemb.run.train import train
 
     try:
         result = train(cfg)

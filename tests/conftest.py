@@ -57,7 +57,7 @@ def compose(config_name: str = "train", overrides: list[str] | None = None, outp
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    import codiemb.utils.resolvers  # noqa: F401
+    import codiemb.run.resolvers  # noqa: F401
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):

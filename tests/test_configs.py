@@ -74,10 +74,10 @@ def test_every_model_config_composes(compose_cfg, name):
 @pytest.mark.parametrize("name", ["default", "cpu", "ddp_cpu_sim"])
 def test_cpu_trainers_instantiate(compose_cfg, name):
     """As train() builds them: ``precision: auto`` is resolved for this machine first."""
-    from codiemb.training import choose_trainer_precision
+    from codiemb.run.plan import build_plan
 
     cfg = compose_cfg([f"trainer={name}"])
-    choose_trainer_precision(cfg)
+    build_plan(cfg)
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.num_devices * trainer.num_nodes >= 1
 
@@ -89,14 +89,14 @@ def test_every_trainer_config_composes(compose_cfg, name):
 
 @pytest.mark.parametrize("name", [n for n in options("logger") if n != "none"])
 def test_loggers_instantiate_offline(compose_cfg, name):
-    from codiemb.training import instantiate_group
+    from codiemb.run.train import instantiate_group
 
     loggers = instantiate_group(compose_cfg([f"logger={name}"]).logger)
     assert loggers
 
 
 def test_callbacks_instantiate(compose_cfg):
-    from codiemb.training import instantiate_group
+    from codiemb.run.train import instantiate_group
 
     kinds = {type(c).__name__ for c in instantiate_group(compose_cfg().callbacks)}
     assert {"StepCheckpoint", "PeriodicExport", "LearningRateMonitor"} <= kinds
@@ -120,7 +120,7 @@ def test_real_cpu_recipe_mines_ir_training_data_and_never_validates_on_a_test_sp
     from omegaconf import OmegaConf
 
     from codiemb.data.readers import get_reader
-    from codiemb.mined_data import resolve_mined_specs
+    from codiemb.mining.cache import resolve_mined_specs
 
     cfg = compose_cfg(["experiment=real_cpu"])
     specs = OmegaConf.to_container(cfg.data.datasets, resolve=True)

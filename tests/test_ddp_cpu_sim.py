@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from codiemb.training import train
+from codiemb.run.train import train
 from tests.test_train import FAST, logged_keys
 
 

@@ -69,7 +69,7 @@ def test_auto_is_a_no_op_with_one_process_and_only_an_explicit_true_is_refused(c
 
     from codiemb.errors import ConfigError
     from codiemb.models.module import gathers
-    from codiemb.training import check_cross_device
+    from codiemb.run.train import check_cross_device
 
     cfg = compose_cfg(["model=tiny"])
     assert cfg.loss.ir.cross_device == "auto" and cfg.loss.sts.cross_device is False

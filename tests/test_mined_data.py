@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-import codiemb.mining
+import codiemb.mining.miner
 from codiemb.errors import ConfigError
 from codiemb.data.holdout import is_held_out
-from codiemb.mined_data import ENCODER_KEYS, resolve_mined_specs
-from codiemb.training import train
+from codiemb.mining.cache import ENCODER_KEYS, resolve_mined_specs
+from codiemb.run.train import train
 from codiemb.utils.precision import resolve_short_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +33,13 @@ def spec(output: Path, **options) -> dict:
 
 
 def count_mining(monkeypatch) -> list:
-    calls, real = [], codiemb.mining.mine_dataset
+    calls, real = [], codiemb.mining.miner.mine_dataset
 
     def counted(**kwargs):
         calls.append(kwargs)
         torch.manual_seed(0)  # the tiny model is randomly initialised: same seed, same weights
         return real(**kwargs)
-    monkeypatch.setattr(codiemb.mining, "mine_dataset", counted)
+    monkeypatch.setattr(codiemb.mining.miner, "mine_dataset", counted)
     return calls
 
 
@@ -54,7 +54,7 @@ def test_first_use_mines_like_mine_dataset_then_reads_the_cache(tmp_path, tiny_m
     monkeypatch.undo()
     torch.manual_seed(0)
     reference = tmp_path / "reference.jsonl"
-    codiemb.mining.mine_dataset(model_path=tiny_model["name_or_path"], input_format="jsonl", input_path=SUPPORT,
+    codiemb.mining.miner.mine_dataset(model_path=tiny_model["name_or_path"], input_format="jsonl", input_path=SUPPORT,
                                 output=str(reference), name="support", show_progress=False,
                                 encoder_options={k: tiny_model[k] for k in ENCODER_KEYS
                                                  if tiny_model.get(k) is not None}, **OPTIONS)
@@ -113,7 +113,7 @@ def test_an_unknown_mining_precision_is_refused(tmp_path, tiny_model):
 def test_a_cache_whose_meta_write_failed_is_never_read_as_current(tmp_path, tiny_model, monkeypatch):
     """Options X mined and cached; options Y mine again but die before their meta is written. The file now
     holds Y's negatives beside X's meta: a later run with X must mine again, not read Y's rows as X's."""
-    import codiemb.mined_data as mined_data
+    import codiemb.mining.cache as mined_data
 
     calls = count_mining(monkeypatch)
     out = tmp_path / "support.jsonl"

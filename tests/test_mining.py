@@ -16,7 +16,7 @@ import torch
 from codiemb.data.readers import read_dataset
 from codiemb.data.schema import Record
 from codiemb.errors import ConfigError
-from codiemb.mining import build_corpus, mine_from_embeddings, mine_records, write_jsonl
+from codiemb.mining.miner import build_corpus, mine_from_embeddings, mine_records, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)

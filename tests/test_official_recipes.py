@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codiemb.training import train
+from codiemb.run.train import train
 from tests.ecosystem.helpers import TINY_BERT, save_tiny_decoder
 
 # recipe -> (twin architecture, lr, epochs, IR batch, max length, pooling, precision)

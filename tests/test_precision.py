@@ -73,13 +73,13 @@ def test_cuda_uses_bf16_where_supported(monkeypatch, bf16_supported, expected):
 
 
 def test_auto_in_the_default_trainer_config_is_resolved_before_lightning_sees_it(compose_cfg, cpu):
-    from codiemb.training import choose_trainer_precision
+    from codiemb.run.plan import build_plan
 
     cpu("AVX2", False, False)
     cfg = compose_cfg(["model=tiny"])
     assert cfg.trainer.precision == "auto"
-    line = choose_trainer_precision(cfg)
-    assert cfg.trainer.precision == "32-true" and "without native bf16" in line
+    plan = build_plan(cfg)
+    assert cfg.trainer.precision == plan.precision == "32-true" and "without native bf16" in plan.precision_line
 
 
 def test_unknown_short_precision_is_refused():

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codiemb.training import train
+from codiemb.run.train import train
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=2",
         "data.num_workers=0"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from codiemb.training import train
+from codiemb.run.train import train
 from tests.ecosystem.helpers import FAST
 
 R, ALPHA = 4, 8.0

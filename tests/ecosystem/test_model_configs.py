@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from codiemb.training import train
+from codiemb.run.train import train
 from tests.ecosystem.helpers import FAST, TINY_BERT
 
 TEXTS = ["how do I reset my password", "billing", "the cat sat on the mat while it rained outside all day"]

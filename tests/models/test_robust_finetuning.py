@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from codiemb.training import train
+from codiemb.run.train import train
 from tests import dist_worker
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "trainer.log_every_n_steps=1",

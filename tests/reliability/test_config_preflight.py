@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from codiemb.errors import ConfigError
-from codiemb.training import train
+from codiemb.run.train import train
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=2", "data.num_workers=0",
         "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
@@ -75,10 +75,10 @@ def test_options_the_user_set_for_another_method_are_refused_before_training(com
 
 def test_a_method_switch_alone_passes_preflight(compose_cfg):
     """merge.method=ties on top of the delta group's defaults: the user set none of delta's options."""
-    from codiemb.preflight import preflight
+    from codiemb.run.plan import build_plan
 
-    cfg = compose_cfg(FAST + ["merge.method=ties"])
-    preflight(cfg)
+    plan = build_plan(compose_cfg(FAST + ["merge.method=ties"]))
+    assert plan.merge["method"] == "ties" and "p" not in plan.merge
 
 
 def test_a_missing_validation_set_is_refused_before_training(compose_cfg, nothing_loads, tmp_path):
@@ -123,7 +123,7 @@ def test_lora_without_peft_names_the_install(compose_cfg, nothing_loads, monkeyp
 
 
 def test_zero_epochs_warns_that_nothing_was_trained(compose_cfg):
-    from codiemb.preflight import preflight
+    from codiemb.run.plan import build_plan
 
-    warnings = preflight(compose_cfg(FAST + ["trainer.max_epochs=0", "trainer.max_steps=-1"]))
+    warnings = build_plan(compose_cfg(FAST + ["trainer.max_epochs=0", "trainer.max_steps=-1"])).warnings
     assert warnings == ["trainer.max_epochs=0: nothing will be trained; the exports are the initial weights"]

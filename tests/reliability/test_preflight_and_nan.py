@@ -14,7 +14,9 @@ from omegaconf import OmegaConf, open_dict
 
 from codiemb.errors import ConfigError, DataError
 from codiemb.models.module import NonFiniteGradientError, NonFiniteLossError
-from codiemb.training import resolve_ckpt_path, train
+from codiemb.run.plan import build_plan
+from codiemb.run.resume import resolve_ckpt_path
+from codiemb.run.train import train
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=4", "checkpoint_every_n_steps=2", "data.num_workers=0",
         "merge=none", "~callbacks.validation", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
@@ -73,13 +75,13 @@ def test_a_bad_row_stops_the_run_before_the_model_loads(compose_cfg, no_model_lo
 
 
 def test_resume_auto_finds_last_ckpt_or_starts_fresh(compose_cfg):
-    cfg = compose_cfg(FAST + ["resume=auto"])
-    assert resolve_ckpt_path(cfg) is None  # a new run directory: start from the beginning
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    plan = build_plan(compose_cfg(FAST + ["resume=auto"]))
+    assert resolve_ckpt_path(plan) is None  # a new run directory: start from the beginning
+    last = plan.output_dir / "checkpoints" / "last.ckpt"
     last.parent.mkdir(parents=True)
     last.write_bytes(b"")
-    assert resolve_ckpt_path(cfg) == str(last)
-    assert resolve_ckpt_path(compose_cfg(FAST)) is None  # resume defaults to off
+    assert resolve_ckpt_path(plan) == str(last)
+    assert resolve_ckpt_path(build_plan(compose_cfg(FAST))) is None  # resume defaults to off
 
 
 # ---------------------------------------------------------------- NaN / inf loss
@@ -124,7 +126,7 @@ def test_non_finite_sts_loss_on_the_first_step_leaves_no_checkpoint(compose_cfg)
 def test_a_failed_run_gives_back_its_lock_and_file_descriptor(compose_cfg):
     """Hydra multirun and Optuna run jobs in one process: a failed job must not keep its run directory locked
     (nor an open descriptor: the test process once passed 1024 of them, and spawned gloo workers then aborted)."""
-    from codiemb import run_dir
+    from codiemb.run import run_dir
 
     cfg = with_poisoned_loss(compose_cfg(FAST + ["task_mix=sts_only"]), "sts", call=1, value=math.nan)
     lock_file = str(Path(cfg.paths.output_dir).resolve() / run_dir.LOCK_NAME)

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from codiemb.errors import ConfigError
-from codiemb.training import train
+from codiemb.run.train import train
 from tests.conftest import ROOT
 
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=2", "checkpoint_every_n_steps=2", "data.num_workers=0",
@@ -41,11 +41,11 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
 
 
 # ---------------------------------------------------------------- unique directories
-RESOLVE = "import sys; from codiemb.run_dir import unique_dir; print(unique_dir(sys.argv[1]))"
+RESOLVE = "import sys; from codiemb.run.run_dir import unique_dir; print(unique_dir(sys.argv[1]))"
 
 
 def test_unique_dir_is_atomic_across_processes_and_stable_within_one(tmp_path):
-    from codiemb.run_dir import unique_dir
+    from codiemb.run.run_dir import unique_dir
 
     base = str(tmp_path / "runs" / "2026-01-01_00-00-00")
     children = [subprocess.Popen([sys.executable, "-c", RESOLVE, base], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
@@ -57,7 +57,7 @@ def test_unique_dir_is_atomic_across_processes_and_stable_within_one(tmp_path):
 
 
 def test_hydra_subdir_keeps_an_existing_runs_config(tmp_path):
-    from codiemb.run_dir import hydra_subdir
+    from codiemb.run.run_dir import hydra_subdir
 
     fresh, used = tmp_path / "fresh", tmp_path / "used"
     assert hydra_subdir(str(fresh)) == ".hydra" and hydra_subdir(str(fresh)) == ".hydra"
@@ -101,12 +101,12 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path,
 
 
 # ---------------------------------------------------------------- live runs and earlier runs
-HOLD_LOCK = ("import sys, time; from codiemb.run_dir import RunLock; RunLock.acquire(sys.argv[1]); "
+HOLD_LOCK = ("import sys, time; from codiemb.run.run_dir import RunLock; RunLock.acquire(sys.argv[1]); "
              "print('locked', flush=True); time.sleep(120)")
 
 
 def test_a_run_directory_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_over(tmp_path):
-    from codiemb.run_dir import RunLock
+    from codiemb.run.run_dir import RunLock
 
     run_dir = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], cwd=ROOT, env=ENV,
@@ -210,8 +210,8 @@ def test_a_checkpoint_already_at_the_end_warns_that_nothing_was_trained(compose_
 def test_a_resume_keeps_the_csv_history_up_to_the_checkpoint_and_purges_tensorboard(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from codiemb.loggers import CSVLogger
-    from codiemb.resume import RunSession
+    from codiemb.run.loggers import CSVLogger
+    from codiemb.run.resume import RunSession
 
     (tmp_path / "csv").mkdir()
     (tmp_path / "csv" / "metrics.csv").write_text(
@@ -223,7 +223,8 @@ def test_a_resume_keeps_the_csv_history_up_to_the_checkpoint_and_purges_tensorbo
         "0,,,6,3.0\n")    # step 7: lost
     csv_logger = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
     tensorboard = TensorBoardLogger(save_dir=str(tmp_path / "tb"), name=None, version="")
-    RunSession(output_dir=tmp_path, ckpt_path="last.ckpt", checkpoint={"global_step": 5}).prepare(
+    RunSession(output_dir=tmp_path, checkpoint_dir=tmp_path / "checkpoints", ckpt_path="last.ckpt",
+               checkpoint={"global_step": 5}).prepare(
         [], [csv_logger, tensorboard])
     csv_logger.log_metrics({"train/loss": 2.5}, step=5)
     csv_logger.save()
@@ -233,7 +234,7 @@ def test_a_resume_keeps_the_csv_history_up_to_the_checkpoint_and_purges_tensorbo
 
 
 def test_wandb_keeps_the_run_id_of_its_directory(tmp_path):
-    from codiemb.run_dir import wandb_run_id
+    from codiemb.run.run_dir import wandb_run_id
 
     (tmp_path / "wandb" / "offline-run-20260101_000000-abc123xy").mkdir(parents=True)
     assert wandb_run_id(str(tmp_path)) == "abc123xy"

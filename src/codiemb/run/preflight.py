@@ -1,5 +1,6 @@
-"""Pre-flight checks of the whole composed training config: every setting that cannot work is refused here,
-in one line naming the key and what to change, before data, tokenizer or model weights load.
+"""Pre-flight checks of the composed training config, run by :func:`codiemb.run.plan.build_plan`: every setting
+that cannot work is refused here, in one line naming the key and what to change, before data, tokenizer or
+model weights load.
 
 Checked: numeric settings (batch sizes, accumulation, lengths, steps, intervals, temperatures, workers), the
 ``_target_`` and option names of every logger and callback, the validation sets' files, the merge stage's
@@ -16,9 +17,9 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from codiemb.errors import ConfigError
 
@@ -55,32 +56,18 @@ NUMERIC_RULES: dict[str, tuple[float, bool, bool, tuple]] = {
 # Strictly positive (a zero temperature or learning rate divides by zero or trains nothing).
 STRICT = {"module.lr", "loss.ir.temperature", "loss.sts.temperature"}
 FRACTIONS = {"module.warmup_ratio": (0.0, 1.0), "data.ir_share": (0.0, 1.0)}
+ABSENT = "__absent__"
 
 
-def preflight(cfg: DictConfig) -> list[str]:
-    """Raise :class:`ConfigError` for the first setting that cannot work; return warnings (also logged)."""
-    warnings: list[str] = []
-    check_numbers(cfg, warnings)
-    for group in ("logger", "callbacks"):
-        check_targets(cfg.get(group), group)
-    check_merge(cfg)
-    check_eval_sets(cfg)
-    check_extras(cfg)
-    check_model_available(cfg.get("model"))
-    for line in warnings:
-        log.warning(line)
-    return warnings
+Select = Callable[[str], Any]  # a dotted key of the composed config -> its value (ABSENT when absent)
 
 
-def _select(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-
-
-def check_numbers(cfg: DictConfig, warnings: list[str]) -> None:
+def check_numbers(select: Select, warnings: list[str]) -> None:
+    """Every numeric setting of :data:`NUMERIC_RULES` present in the config has a type and range that work."""
     for key, (minimum, nullable, integer, extra) in NUMERIC_RULES.items():
-        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+        value = select(key)
+        if value is ABSENT:
             continue
-        value = _select(cfg, key)
         if value is None:
             if not nullable:
                 raise ConfigError(f"{key} must be set (got null)")
@@ -98,12 +85,13 @@ def check_numbers(cfg: DictConfig, warnings: list[str]) -> None:
             also = f" (or {', '.join(map(str, extra))})" if extra else ""
             raise ConfigError(f"{key}={value} must be {bound}{also}")
     for key, (low, high) in FRACTIONS.items():
-        value = _select(cfg, key)
-        if value is not None and not (low <= float(value) <= high):
+        value = select(key)
+        if value not in (None, ABSENT) and not (low <= float(value) <= high):
             raise ConfigError(f"{key}={value} must lie in [{low}, {high}]")
-    if _select(cfg, "trainer.max_epochs") == 0 or _select(cfg, "trainer.max_steps") == 0:
-        key = "trainer.max_epochs" if _select(cfg, "trainer.max_epochs") == 0 else "trainer.max_steps"
-        warnings.append(f"{key}=0: nothing will be trained; the exports are the initial weights")
+    for key in ("trainer.max_epochs", "trainer.max_steps"):
+        if select(key) == 0:
+            warnings.append(f"{key}=0: nothing will be trained; the exports are the initial weights")
+            break
 
 
 def check_targets(group: DictConfig | None, name: str) -> None:
@@ -134,24 +122,21 @@ def check_targets(group: DictConfig | None, name: str) -> None:
                               f"its options are {', '.join(p for p in params if p not in ('self', 'args'))}")
 
 
-def check_merge(cfg: DictConfig) -> None:
+def check_merge(merge_cfg: DictConfig | None) -> dict | None:
     """An unknown ``merge.method``, or an option the user set that the method does not take, fails now rather
     than after training; options the user did not set never block a method switch. The same call as the merge
     stage's (it reads the Hydra job's overrides and merge group itself), so the two cannot disagree."""
-    merge_cfg = cfg.get("merge")
-    if not merge_cfg:
-        return
+    if not merge_cfg or merge_cfg.get("method", "none") == "none":
+        return None
     from codiemb.merge.config import check_merge_config
 
-    check_merge_config(merge_cfg)
+    return check_merge_config(merge_cfg)
 
 
-def check_eval_sets(cfg: DictConfig) -> None:
+def check_eval_sets(sets: list) -> None:
     """The sets that validation (and the merge stage's evaluation) will read exist and are readable."""
     from codiemb.eval.sets import parse_sets
-    from codiemb.outputs import validation_sets
 
-    sets = validation_sets(cfg)
     if not sets:
         return
     for eval_set in parse_sets(sets):  # resolves each node's interpolations itself
@@ -162,9 +147,9 @@ def check_eval_sets(cfg: DictConfig) -> None:
             raise ConfigError(f"validation set {eval_set.name!r}: {path} is not readable (val.sets)")
 
 
-def check_extras(cfg: DictConfig) -> None:
+def check_extras(select: Select) -> None:
     """Settings that need an optional package name the pip command that installs it."""
-    if _select(cfg, "model.lora.enabled") and importlib.util.find_spec("peft") is None:
+    if select("model.lora.enabled") not in (None, False, ABSENT) and importlib.util.find_spec("peft") is None:
         raise ConfigError("model.lora.enabled=true needs peft: pip install peft (or pip install -e \".[peft]\")")
 
 

@@ -1,4 +1,6 @@
-"""Loggers that keep a run's metrics history across resumes.
+"""The run's loggers: the one module that knows logger types (CSV, TensorBoard, W&B).
+
+Loggers keep a run's metrics history across resumes.
 
 Lightning's ``CSVLogger`` deletes ``metrics.csv`` whenever its directory already holds one, so resuming a run
 into its own directory wiped every row logged before the crash. :class:`CSVLogger` keeps them: after
@@ -12,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import secrets
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers.csv_logs import CSVLogger as _LightningCSVLogger
@@ -76,3 +80,50 @@ class CSVLogger(_LightningCSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _HistoryWriter(log_dir=self.log_dir, resume_step=self._resume_step)
         return super().experiment
+
+
+# The one place that knows logger types: everything else asks these functions.
+def is_wandb(logger) -> bool:
+    from lightning.pytorch.loggers import WandbLogger
+
+    return isinstance(logger, WandbLogger)
+
+
+def resume_loggers(loggers, step: int) -> None:
+    """Before the first row of a resumed run: the metrics history continues at the checkpoint's ``step`` (CSV
+    keeps its rows up to it; TensorBoard purges the events after it; W&B keeps its run id, see the config)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger):
+            logger.resume_at(step)
+        elif isinstance(logger, TensorBoardLogger) and getattr(logger, "_experiment", None) is None:
+            logger._kwargs.setdefault("purge_step", step)  # Lightning passes these on to its SummaryWriter
+
+
+def finish_loggers(loggers) -> None:
+    """Close W&B runs: the next run in this process (an Optuna trial) must start its own, not reuse this one."""
+    if any(is_wandb(logger) for logger in loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def log_merge_report(log_table, log_images, log_artifact, prefix: str, report: dict, output: Path) -> None:
+    """A merge's evaluation table, its plots and its report files (``merge_report.json``, the card) on W&B, for
+    the training run's merge (``merge/...``) and a sweep's fusion (``fuse/...``) alike. The three callables are
+    the W&B run's own (a ``WandbLogger``'s ``log_table``/``log_image`` or a ``wandb.Run``'s)."""
+    import wandb
+
+    rows = (report.get("evaluation") or {}).get("rows") or []
+    if rows:
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        log_table(f"{prefix}/evaluation", columns, [[r.get(c) for c in columns] for r in rows])
+    images = sorted(Path(output).glob("*.png"))
+    if images:
+        log_images(f"{prefix}/plots", [str(p) for p in images])
+    artifact = wandb.Artifact(f"{prefix}-report-{secrets.token_hex(4)}", type="merge_report")
+    for file in [Path(output) / "merge_report.json", Path(output) / "README.md", *images]:
+        if file.is_file():
+            artifact.add_file(str(file))
+    log_artifact(artifact)

@@ -63,7 +63,7 @@ def ensure_mined(spec: dict, *, model: dict, rank: int = 0) -> dict:
             raise ConfigError(f"dataset '{name}': the mined cache {output} is missing or stale and rank {rank} "
                               "does not mine; mine it first with one process (python train.py on one device, "
                               "or python mine.py) so every rank reads the same file")
-        from codiemb.mining import mine_dataset  # imports the model stack only when mining is needed
+        from codiemb.mining.miner import mine_dataset  # imports the model stack only when mining is needed
 
         inputs = dict(reader_options)
         with stage(f"dataset '{name}': mining hard negatives into {output} (cached for later runs)"):

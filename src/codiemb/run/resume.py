@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
 from codiemb.callbacks.checkpoint import PeriodicExport, carried_exports
 from codiemb.errors import ConfigError
-from codiemb.run_dir import RunLock, discard_hydra_output, process_rank
+from codiemb.run.loggers import resume_loggers
+from codiemb.run.plan import RunPlan
+from codiemb.run.run_dir import RunLock, discard_hydra_output, process_rank
 from codiemb.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -32,16 +32,10 @@ log = logging.getLogger(__name__)
 FINISHED = "finished.json"
 
 
-def checkpoint_dir(cfg: DictConfig) -> Path:
-    """Where Lightning's ``.ckpt`` files of this run go (the ``model_checkpoint`` callback's ``dirpath``)."""
-    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
-    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
-
-
-def resolve_ckpt_path(cfg: DictConfig, notes: list[str] | None = None) -> str | None:
+def resolve_ckpt_path(plan: RunPlan, notes: list[str] | None = None) -> str | None:
     """``ckpt_path=<file>`` resumes from that file; ``resume=auto`` from the run directory's ``last.ckpt`` when
     there is one (so the same command both starts a run and continues it after a crash)."""
-    ckpt_path, resume = cfg.get("ckpt_path"), cfg.get("resume")
+    ckpt_path, resume = plan.ckpt_path, plan.resume
     if ckpt_path:
         if not Path(ckpt_path).is_file():
             raise ConfigError(f"ckpt_path={ckpt_path} is not a file; point it at a checkpoint such as "
@@ -49,10 +43,7 @@ def resolve_ckpt_path(cfg: DictConfig, notes: list[str] | None = None) -> str | 
         return str(ckpt_path)
     if resume is None:
         return None
-    if resume != "auto":
-        raise ConfigError(f"resume={resume} is not understood; use resume=auto (with hydra.run.dir=<run dir>) "
-                          "or ckpt_path=<file.ckpt>")
-    last = checkpoint_dir(cfg) / "last.ckpt"
+    last = plan.checkpoint_dir / "last.ckpt"
     if last.is_file():
         log.info("resume=auto: continuing from %s", last)
         return str(last)
@@ -83,20 +74,12 @@ def read_checkpoint(path: str) -> dict[str, Any]:
             "export": next((v for k, v in callbacks.items() if str(k).startswith("PeriodicExport")), None)}
 
 
-def _limits(cfg: DictConfig) -> dict[str, float]:
-    """``trainer.max_steps`` / ``max_epochs`` as numbers (unlimited = inf; Lightning's 1000-epoch default)."""
-    steps, epochs = cfg.trainer.get("max_steps", -1), cfg.trainer.get("max_epochs")
-    steps = math.inf if steps in (None, -1) else float(steps)
-    if epochs is None:
-        epochs = 1000.0 if steps == math.inf else math.inf
-    return {"max_steps": steps, "max_epochs": math.inf if epochs == -1 else float(epochs)}
-
-
 @dataclass
 class RunSession:
     """One ``train()`` call's view of its run directory and of the checkpoint it resumes from."""
 
     output_dir: Path
+    checkpoint_dir: Path
     ckpt_path: str | None = None
     checkpoint: dict[str, Any] | None = None
     finished: dict[str, Any] | None = None  # the stored result when the run is already complete
@@ -135,35 +118,28 @@ class RunSession:
         for callback in callbacks:
             if isinstance(callback, PeriodicExport):
                 callback.adopt(self.checkpoint["export"], self.ckpt_path, step)
-        for logger in loggers:
-            if hasattr(logger, "resume_at"):  # codiemb.loggers.CSVLogger: keeps rows up to the checkpoint
-                logger.resume_at(step)
-            elif type(logger).__name__ == "TensorBoardLogger" and getattr(logger, "_experiment", None) is None:
-                logger._kwargs.setdefault("purge_step", step)  # TensorBoard hides older events from this step on
+        resume_loggers(loggers, step)
 
-    def after_fit(self, trainer, cfg: DictConfig) -> None:
+    def after_fit(self, global_step: int, limits: dict[str, float]) -> None:
         """Say so when the fit trained nothing: a checkpoint already at the end, data without batches
         (``trainer.max_epochs=0`` / ``max_steps=0`` are warned about before the run by the preflight)."""
-        if trainer.global_step != self.start_step:
-            return
-        limits = {k: cfg.trainer.get(k) for k in ("max_epochs", "max_steps")}
-        if limits["max_epochs"] == 0 or limits["max_steps"] == 0:
-            return  # the preflight already warned (codiemb.preflight)
+        if global_step != self.start_step or 0 in limits.values():
+            return  # trained, or the preflight already warned (codiemb.run.preflight)
         if self.checkpoint:
-            note = (f"nothing was trained: the checkpoint {self.ckpt_path} is already at step {trainer.global_step}, "
+            note = (f"nothing was trained: the checkpoint {self.ckpt_path} is already at step {global_step}, "
                     "the end of training; only the run's last export and merge were completed")
         else:
-            note = (f"nothing was trained: the global step stayed at {trainer.global_step} (the data gave no "
+            note = (f"nothing was trained: the global step stayed at {global_step} (the data gave no "
                     "batches); the exports and the merged model hold the starting weights")
         log.warning(note)
         self.notes.append(note)
 
-    def finish(self, cfg: DictConfig, trainer, result: dict[str, Any]) -> None:
+    def finish(self, global_step: int, limits: dict[str, float], result: dict[str, Any]) -> None:
         """Mark the run complete (after its merge): ``resume=auto`` on it again then changes nothing."""
-        if process_rank() == 0 and trainer.global_step > 0:
-            record = {"global_step": int(trainer.global_step), **_limits(cfg),
+        if process_rank() == 0 and global_step > 0:
+            record = {"global_step": int(global_step), **limits,
                       "result": {k: result.get(k) for k in ("metrics", "output_dir", "exports", "merged")}}
-            path = checkpoint_dir(cfg) / FINISHED
+            path = self.checkpoint_dir / FINISHED
             if path.parent.is_dir():
                 atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
         self.close()
@@ -192,14 +168,14 @@ def _show(key: str, value: Any) -> str:
     return str(value)
 
 
-def open_run(cfg: DictConfig) -> RunSession:
+def open_run(plan: RunPlan) -> RunSession:
     """Claim the run directory and work out where training starts (before data or model weights load)."""
-    session = RunSession(output_dir=Path(cfg.paths.output_dir))
-    ckpt_path = resolve_ckpt_path(cfg, session.notes)
+    session = RunSession(output_dir=plan.output_dir, checkpoint_dir=plan.checkpoint_dir, notes=list(plan.warnings))
+    ckpt_path = resolve_ckpt_path(plan, session.notes)
     if process_rank() == 0:
         try:
             session.lock = RunLock.acquire(session.output_dir)
-            _refuse_other_run(cfg, ckpt_path)
+            _refuse_other_run(plan, ckpt_path)
         except ConfigError:
             session.close()
             discard_hydra_output(session.output_dir)
@@ -207,28 +183,28 @@ def open_run(cfg: DictConfig) -> RunSession:
     if not ckpt_path:
         return session
     session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path)
-    session.finished = _finished(cfg, session)
+    session.finished = _finished(plan, session)
     if session.finished is None:
-        _check_merge_base(cfg, session)
+        _check_merge_base(plan, session)
     else:
         discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
     return session
 
 
-def _refuse_other_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+def _refuse_other_run(plan: RunPlan, ckpt_path: str | None) -> None:
     """A run directory holds one run: a fresh run (or one resuming another directory's checkpoint) must not
     write its checkpoints beside an earlier run's."""
-    ckpts = checkpoint_dir(cfg)
+    ckpts = plan.checkpoint_dir
     if not ckpts.is_dir() or not any(ckpts.glob("*.ckpt")):
         return
     if ckpt_path and Path(ckpt_path).resolve().parent == ckpts.resolve():
         return
-    raise ConfigError(f"run directory {cfg.paths.output_dir} already holds a run ({ckpts}); continue it with "
-                      f"resume=auto hydra.run.dir={cfg.paths.output_dir}, or start this run in its own directory "
+    raise ConfigError(f"run directory {plan.output_dir} already holds a run ({ckpts}); continue it with "
+                      f"resume=auto hydra.run.dir={plan.output_dir}, or start this run in its own directory "
                       "(drop hydra.run.dir, or give another one)")
 
 
-def _finished(cfg: DictConfig, session: RunSession) -> dict[str, Any] | None:
+def _finished(plan: RunPlan, session: RunSession) -> dict[str, Any] | None:
     """The stored result when the checkpoint is the end of a completed run and the limits were not raised."""
     path = Path(session.ckpt_path).resolve().parent / FINISHED
     try:
@@ -237,10 +213,10 @@ def _finished(cfg: DictConfig, session: RunSession) -> dict[str, Any] | None:
         return None
     if record.get("global_step") != session.start_step:
         return None  # the run went on after it was marked (or was resumed from an earlier checkpoint)
-    now = _limits(cfg)
+    now = plan.limits
     if any(now[k] > float(record.get(k, math.inf)) for k in now):
         return None  # trainer.max_steps / max_epochs raised: train further
-    if cfg.get("ckpt_path"):
+    if plan.ckpt_path:
         raise ConfigError(f"ckpt_path={session.ckpt_path} is the final checkpoint of a finished run (step "
                           f"{session.start_step}); nothing is left to train: raise trainer.max_steps or "
                           "trainer.max_epochs to train further")
@@ -253,11 +229,9 @@ def _finished(cfg: DictConfig, session: RunSession) -> dict[str, Any] | None:
     return result
 
 
-def _check_merge_base(cfg: DictConfig, session: RunSession) -> None:
+def _check_merge_base(plan: RunPlan, session: RunSession) -> None:
     """A resumed run merges onto the pre-trained weights of its first start; refuse when they are gone."""
-    merge_cfg = cfg.get("merge")
-    export_cfg = (cfg.get("callbacks") or {}).get("model_export")
-    if not merge_cfg or merge_cfg.get("method", "none") == "none" or not export_cfg:
+    if not plan.merges:
         return
     ckpt = session.checkpoint
     if ckpt["export"] is None and session.output_dir.resolve() not in Path(session.ckpt_path).resolve().parents:

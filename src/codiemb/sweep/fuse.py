@@ -30,6 +30,7 @@ class FuseRuns(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from codiemb.errors import CodiembError
+        from codiemb.eval.scorer import validation_scorer
         from codiemb.merge.api import merge_from_config
         from codiemb.merge.report import format_layers
 
@@ -54,15 +55,6 @@ class FuseRuns(Callback):
         log_to_wandb(config, report, output)
 
 
-def validation_scorer(sets: list):
-    """``model_dir -> {"val/<metric>": value}`` on the given validation sets."""
-    from codiemb.eval.runner import evaluate_model_dir
-
-    def score(model_dir: str) -> dict[str, float]:
-        return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
-    return score
-
-
 def log_to_wandb(config: DictConfig, report: dict, output: Path) -> None:
     """When the sweep's runs log to W&B (a ``WandbLogger`` in ``logger``): one more run, job type ``fuse``, with
     the per-layer weights table, the evaluation table, the report figure and the report file."""
@@ -73,7 +65,8 @@ def log_to_wandb(config: DictConfig, report: dict, output: Path) -> None:
         return
     import wandb
 
-    from codiemb.utils.resolvers import wandb_offline
+    from codiemb.run.loggers import log_merge_report
+    from codiemb.run.resolvers import wandb_offline
 
     run = wandb.init(project=_literal(settings.get("project")), entity=_literal(settings.get("entity")),
                      job_type="fuse", name=f"fused-{output.parent.name}", dir=str(output.parent),
@@ -83,20 +76,11 @@ def log_to_wandb(config: DictConfig, report: dict, output: Path) -> None:
     layers = report["layers"]
     data = [[layer, group, entry["mean_weight"][i], entry["dominant_fraction"][i]]
             for layer, entry in layers["layers"].items() for i, group in enumerate(layers["groups"])]
-    payload = {"fuse/layers": wandb.Table(columns=["layer", "trajectory", "mean_weight", "dominant_fraction"],
-                                          data=data)}
-    rows = (report.get("evaluation") or {}).get("rows") or []
-    if rows:
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        payload["fuse/evaluation"] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
-    if (output / "merge_report.png").is_file():
-        payload["fuse/report"] = wandb.Image(str(output / "merge_report.png"))
-    run.log(payload)
-    artifact = wandb.Artifact(f"fuse-report-{run.id}", type="merge_report")
-    for name in ("merge_report.json", "README.md", "merge_report.png"):
-        if (output / name).is_file():
-            artifact.add_file(str(output / name))
-    run.log_artifact(artifact)
+    run.log({"fuse/layers": wandb.Table(columns=["layer", "trajectory", "mean_weight", "dominant_fraction"],
+                                        data=data)})
+    log_merge_report(lambda key, columns, rows: run.log({key: wandb.Table(columns=columns, data=rows)}),
+                     lambda key, images: run.log({key: [wandb.Image(p) for p in images]}),
+                     run.log_artifact, "fuse", report, output)
     run.finish()
 
 

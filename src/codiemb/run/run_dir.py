@@ -22,8 +22,6 @@ import socket
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from codiemb.errors import ConfigError
 
 LOCK_NAME = ".codiemb.lock"
@@ -99,14 +97,6 @@ def discard_hydra_output(run_dir: str | Path) -> None:
     if subdir and created:
         shutil.rmtree(os.path.join(key, subdir), ignore_errors=True)
         _hydra_subdirs.pop(key, None)
-
-
-def register_resolvers() -> None:
-    # use_cache: Hydra copies resolver caches into each multirun job's config, so jobs see the same directory.
-    for name, fn in (("codiemb_unique_dir", unique_dir), ("codiemb_hydra_subdir", hydra_subdir),
-                     ("codiemb_wandb_id", wandb_run_id)):
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn, use_cache=True)
 
 
 class RunLock:

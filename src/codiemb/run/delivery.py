@@ -1,0 +1,91 @@
+"""What a finished run delivers: the last export's model card, the merge stage, the delivered (merged) model's
+validation scores and the loggers' merge event. Called by :func:`codiemb.run.train.train` on rank 0 after
+fitting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from codiemb.callbacks.checkpoint import PeriodicExport
+from codiemb.eval.scorer import validation_scorer
+from codiemb.run.loggers import is_wandb, log_merge_report
+from codiemb.run.plan import RunPlan
+from codiemb.utils.timing import stage
+
+log = logging.getLogger(__name__)
+
+
+def deliver(plan: RunPlan, trainer: L.Trainer, module, export: PeriodicExport, result: dict[str, Any]) -> None:
+    """Describe the last export, merge the exports into ``<run>/merged`` and score it (``merge/val/...``, the
+    delivered model's scores, added to ``result["metrics"]``)."""
+    exports = export.all_exports()
+    result["exports"] = [str(p) for p in exports]
+    describe_last_export(plan, trainer, module, result)
+    result["merged"], report = run_merge_stage(plan, export.base(), exports)
+    result["metrics"].update(score_merged(plan.val_sets, result["merged"], report))
+    if result["merged"]:
+        log_merge_event(trainer.loggers, trainer.global_step, Path(result["merged"]), report, result["metrics"])
+
+
+def run_merge_stage(plan: RunPlan, base: Path, checkpoints: list[Path]) -> tuple[str | None, dict]:
+    """Merge the run's periodic exports (initial weights as base) into ``<run>/merged``; ``merge=none`` skips.
+    Returns the merged model's directory (None when skipped) and the merge report."""
+    if plan.merge is None or not checkpoints:
+        return None, {}
+    from codiemb.merge.api import merge_from_config
+
+    output = plan.output_dir / "merged"
+    evaluate_fn = validation_scorer(plan.val_sets) if plan.val_sets else None
+    with stage(f"merge ({plan.merge['method']}, {len(checkpoints)} exports)"):
+        report = merge_from_config(plan.merge, base=base, checkpoints=checkpoints, output=output,
+                                   evaluate_fn=evaluate_fn)
+    return str(output), report or {}
+
+
+def score_merged(sets: list, merged: str | None, report: dict) -> dict[str, float]:
+    """``merge/val/<metric>``: the delivered (merged) model on the validation sets. Reuses the merge report's
+    evaluation when ``merge.evaluate=true`` already scored it; empty without a merged model or sets."""
+    if not merged or not sets:
+        return {}
+    rows = (report.get("evaluation") or {}).get("rows") or []
+    row = next((r for r in rows if str(r.get("model", "")).startswith("merged")), None)
+    if row is None:
+        with stage("validation of the merged model"):
+            row = validation_scorer(sets)(merged)
+    return {f"merge/{k}": float(v) for k, v in row.items() if k.startswith("val/") and isinstance(v, (int, float))}
+
+
+def describe_last_export(plan: RunPlan, trainer: L.Trainer, module, result: dict[str, Any]) -> None:
+    """The final model card of the last export (data, losses, LoRA, steps, its validation scores). Written
+    before the merge, so the merged model's card (rendered by the merge stage from its members' cards) is the
+    same whether ``train.py`` or ``merge.py`` made it."""
+    from codiemb.models.card import update_model_card
+    from codiemb.models.lora import lora_summary
+
+    if not result.get("exports"):
+        return
+    final_val = {k[4:]: v for k, v in result["metrics"].items() if k.startswith("val/") and k.count("/") == 1}
+    update_model_card(result["exports"][-1], lora=lora_summary(module.encoder.backbone),
+                      datasets={n: {"task": i.get("task"), "rows": i.get("rows")} for n, i in result["data"].items()},
+                      task_mix=plan.card.get("task_mix"), losses=plan.card.get("losses"),
+                      training={"optimizer steps": trainer.global_step, "learning rate": plan.card.get("lr")},
+                      evaluation={"this model": final_val} if final_val else None)
+
+
+def log_merge_event(loggers, step: int, merged: Path, report: dict, metrics_so_far: dict[str, float]) -> None:
+    """``events/merge`` and the merged model's scores (``merge/val/...``) as metrics; on W&B also the table,
+    plots and report file."""
+    metrics = {"events/merge": 1.0, "merge/unchanged_fraction": float(report.get("summary", {}).get(
+        "unchanged_fraction", 0.0))}
+    metrics.update({k: float(v) for k, v in metrics_so_far.items() if k.startswith("merge/val/")})
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        logger.save()
+        if is_wandb(logger):
+            log_merge_report(lambda key, columns, data: logger.log_table(key, columns=columns, data=data),
+                             lambda key, images: logger.log_image(key, images=images),
+                             logger.experiment.log_artifact, "merge", report, merged)

@@ -1,0 +1,125 @@
+"""The training run behind ``train.py``: plan, claim the run directory, load data, fit, deliver, summarise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from codiemb.callbacks.checkpoint import PeriodicExport
+from codiemb.errors import ConfigError
+from codiemb.run.delivery import deliver
+from codiemb.run.loggers import finish_loggers
+from codiemb.run.plan import RunPlan, build_plan
+from codiemb.run.resume import RunSession, open_run
+from codiemb.run.run_dir import process_rank
+from codiemb.utils.summary import print_summary, write_summary
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(node: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a callbacks/logger group (entries without ``_target_`` are skipped)."""
+    if not node:
+        return []
+    return [instantiate(entry) for entry in node.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job. Returns the final metrics (floats) plus the output locations."""
+    started = time.perf_counter()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenisation runs in DataLoader workers
+    # The whole config first (numbers, loggers, merge, eval sets, model availability), then the data: a bad
+    # setting or row fails here, before any model weights load.
+    drop_duplicate_lightning_console()
+    plan = build_plan(cfg)
+    log.info("precision: %s", plan.precision_line)
+    if plan.seed is not None:
+        L.seed_everything(plan.seed, workers=True)
+
+    session = open_run(plan)  # lock the run directory; find, read and check the checkpoint to resume from
+    try:
+        if session.finished is not None:  # resume=auto on a finished run: nothing to do, nothing changed
+            return session.finished
+        return _fit(plan, session, started)
+    finally:  # a failed job gives its directory and lock back too: an in-process sweep runs many jobs
+        session.close()
+
+
+def _fit(plan: RunPlan, session: RunSession, started: float) -> dict[str, Any]:
+    nodes = plan.nodes
+    prepare_mined_data(nodes["data"], nodes["model"])
+    datamodule = instantiate(nodes["data"])
+    datamodule.load()
+    callbacks, loggers = instantiate_group(nodes["callbacks"]), instantiate_group(nodes["logger"])
+    session.prepare(callbacks, loggers)  # a resume continues the merge set and the metrics history
+    trainer: L.Trainer = instantiate(nodes["trainer"], callbacks=callbacks, logger=loggers or False)
+    world_size = trainer.num_devices * trainer.num_nodes
+    check_cross_device(plan.cross_device, world_size)
+    sampler = datamodule.build_sampler(world_size=world_size)
+    session.check_sampler(sampler.state_dict(), allow_changes=plan.allow_changes)
+
+    module = instantiate(nodes["module"])
+    datamodule.attach_tokenizer(module.encoder.tokenizer, module.encoder.settings())
+    for logger in trainer.loggers:
+        logger.log_hyperparams(plan.hyperparameters)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
+    session.after_fit(trainer.global_step, plan.limits)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if not trainer.is_global_zero:
+        finish_loggers(trainer.loggers)
+        return metrics
+
+    export = next((c for c in callbacks if isinstance(c, PeriodicExport)), None)
+    result: dict[str, Any] = {"metrics": metrics, "output_dir": str(plan.output_dir), "data": datamodule.load_report,
+                              "precision": plan.precision_line, "warnings": session.notes}
+    if export is not None:
+        deliver(plan, trainer, module, export, result)  # merge, score and describe the delivered model
+    result["wall_time_s"] = time.perf_counter() - started
+    write_summary(result, plan.output_dir, plan.overrides)
+    session.finish(trainer.global_step, plan.limits, result)  # checkpoints/finished.json; releases the directory
+    print_summary(result)
+    finish_loggers(trainer.loggers)
+    return result
+
+
+def drop_duplicate_lightning_console() -> None:
+    """``import lightning`` gives the "lightning" logger a console handler of its own that also propagates to the
+    root logger, so under Hydra (root: console + train.log) every Lightning INFO line printed twice."""
+    if not logging.getLogger().handlers:
+        return
+    logger = logging.getLogger("lightning")
+    for handler in list(logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            logger.removeHandler(handler)
+
+
+def prepare_mined_data(data: DictConfig, model: DictConfig) -> None:
+    """Datasets with a ``mine:`` block read their cached hard negatives (mined here on first use)."""
+    specs = OmegaConf.to_container(data.datasets, resolve=True)
+    if not any(spec.get("mine") for spec in specs):
+        return
+    from codiemb.mining.cache import resolve_mined_specs
+
+    with open_dict(data):
+        data.datasets = resolve_mined_specs(specs, OmegaConf.to_container(model, resolve=True), process_rank())
+
+
+def check_cross_device(cross_device: dict[str, Any], world_size: int) -> None:
+    """Cross-device negatives need several processes; with one they would silently be ordinary in-batch ones.
+
+    ``cross_device: auto`` (the IR default) gathers whenever the world size is above 1 (DDP, FSDP, DeepSpeed)
+    and is a no-op with one process; only an explicit ``true`` with one process is an error."""
+    if world_size > 1:
+        return
+    for task, value in cross_device.items():
+        if value is True:
+            raise ConfigError(f"loss.{task}.cross_device=true gathers negatives across processes but this run has "
+                              f"one process; set loss.{task}.cross_device=false or train with a distributed trainer "
+                              "(trainer=ddp, trainer.devices>1)")
