@@ -12,6 +12,7 @@ import torch
 
 from codiemb.errors import ConfigError
 from codiemb.eval import geometry as geo
+from codiemb.eval.checks import check_eval_options, check_loaded_set
 from codiemb.eval.report import write_results
 from codiemb.eval.runner import evaluate, summarize
 from codiemb.eval.sets import load_set, parse_sets
@@ -72,6 +73,8 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
     ``precision``: fp32 | bf16 | auto (bf16 where the device computes it natively, codiemb.utils.precision)."""
     from codiemb.utils.precision import autocast_dtype, resolve_short_precision
 
+    check_eval_options(batch_size=batch_size, precision=precision, device=device, geometry=geometry,
+                       geometry_max_pairs=geometry_max_pairs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     chosen = resolve_short_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
     encode_kwargs = {"autocast_dtype": autocast_dtype(chosen)}
@@ -81,6 +84,9 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
         if path:
             check_model_path(path, key)
     cache: dict = {}
+    for spec in specs:  # every set read and checked before any model loads
+        cache[spec.name] = load_set(spec)
+        check_loaded_set(spec, cache[spec.name])
     models, encoders = {}, {}
     for path in paths:
         label = model_label(path, set(models))

@@ -33,7 +33,7 @@ class MTEBEncoder(AbsEncoder):
             "framework": ["PyTorch"], "modalities": ["text"]})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> "MTEBEncoder":
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> MTEBEncoder:
         from codiemb.models.encoder import Encoder
         name = str(name_or_path).rstrip("/").split("/")[-1].replace("bundled:", "")
         return cls(Encoder.from_pretrained(str(name_or_path)), name=name, **kwargs)

@@ -24,12 +24,11 @@ def _threshold_counts(scores, labels) -> list[tuple[int, int]]:
         raise ValueError(f"need equally many, and at least one, scores and labels; got {len(scores)}, "
                          f"{len(labels)}")
     pairs = sorted(zip((float(s) for s in scores), (int(bool(y)) for y in labels)), key=lambda p: -p[0])
-    out, tp, seen = [], 0, 0
+    out, tp = [], 0
     for i, (score, label) in enumerate(pairs):
         tp += label
-        seen += 1
         if i + 1 == len(pairs) or pairs[i + 1][0] != score:  # close a group of tied scores
-            out.append((tp, seen))
+            out.append((tp, i + 1))
     return out
 
 

@@ -6,19 +6,23 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 from pathlib import Path
 
+from codiemb.eval.checks import nan_to_null
 from codiemb.eval.runner import MAIN_METRIC
 from codiemb.eval.sets import parse_sets
 from codiemb.utils.atomic import atomic_write_text
 
+log = logging.getLogger(__name__)
 COLUMNS = {"sts": ("spearman", "pearson"), "ir": ("ndcg@10", "mrr@10", "recall@100", "map"),
            "pairs": ("ap", "max_f1")}
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 
 
@@ -54,6 +58,8 @@ def results_table(models: dict[str, dict], sets) -> str:
 def _fmt(value, signed: bool = False) -> str:
     if value is None:
         return ""
+    if not math.isfinite(value):
+        return "n/a"
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
@@ -63,6 +69,12 @@ def write_results(output_dir: str | Path, models: dict[str, dict], sets, extra: 
     table = results_table(models, sets)
     payload = {"models": models, "sets": [vars(s) | {"options": dict(s.options)} for s in parse_sets(sets)],
                **(extra or {})}
-    atomic_write_text(output_dir / "results.json", json.dumps(payload, indent=2, default=str) + "\n")
+    undefined: list[str] = []
+    payload = nan_to_null(payload, undefined)
+    if undefined:  # e.g. Spearman of constant scores: undefined, so null rather than a bare NaN (invalid JSON)
+        log.warning("undefined scores written as null in results.json (constant scores or labels?): %s",
+                    "; ".join(undefined))
+    atomic_write_text(output_dir / "results.json",
+                      json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
     atomic_write_text(output_dir / "results.md", "# Evaluation results\n\nScores x100.\n\n" + table + "\n")
     return table

@@ -3,7 +3,7 @@ delivered model, ``merge.evaluate``, the greedy soup and a sweep's fusion."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Scorer = Callable[[str], dict[str, float]]
 

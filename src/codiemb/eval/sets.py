@@ -17,11 +17,13 @@ reader: ``genres`` (STS-B rows of those genres only: ``news``, ``captions``, ``f
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from codiemb.errors import ConfigError
+from codiemb.eval.checks import positive_int
 
 TASKS = ("sts", "ir", "pairs")
 PAIR_TASKS = ("sts", "pairs")  # tasks whose data is a list of sentence pairs
@@ -56,9 +58,15 @@ class EvalSet:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"eval set {self.name!r}: task must be one of {TASKS}, got {self.task!r}")
+        for key, minimum in (("max_pairs", 2), ("max_queries", 1), ("max_corpus", 0)):
+            if getattr(self, key) is not None:
+                try:
+                    positive_int(key, getattr(self, key), minimum)
+                except ConfigError as exc:
+                    raise ConfigError(f"eval set {self.name!r}: {exc}") from None
 
     @classmethod
-    def from_config(cls, raw: Mapping[str, Any]) -> "EvalSet":
+    def from_config(cls, raw: Mapping[str, Any]) -> EvalSet:
         known = {f.name for f in fields(cls)}
         raw = dict(raw)
         missing = [key for key in ("name", "task", "format", "path") if not raw.get(key)]
@@ -105,7 +113,8 @@ class IRData:
 
 
 def load_set(spec: EvalSet) -> STSData | IRData:
-    """Read the files of one set into the evaluators' in-memory form."""
+    """Read the files of one set into the evaluators' in-memory form (``eval.py`` then refuses one that cannot
+    be scored: :func:`codiemb.eval.checks.check_loaded_set`)."""
     if not Path(spec.path).exists():
         raise ConfigError(f"eval set {spec.name!r}: path {spec.path} does not exist")
     if spec.task in PAIR_TASKS:
@@ -190,7 +199,7 @@ def load_snli_graded_pairs(path: str, split: str) -> tuple[list[str], list[str],
     pairs: entailment 2, neutral 1, contradiction 0 (the SICK-style reading of NLI labels as relatedness).
     Text is kept as in the file apart from outer whitespace (SentEval's copy is tokenised)."""
     root = Path(path)
-    read = lambda name: (root / f"{name}.{split}").read_text(encoding="utf-8").rstrip("\n").split("\n")  # noqa: E731
+    read = lambda name: (root / f"{name}.{split}").read_text(encoding="utf-8").rstrip("\n").split("\n")
     s1, s2, labels = read("s1"), read("s2"), read("labels")
     if not len(s1) == len(s2) == len(labels):
         raise ConfigError(f"{path}: s1/s2/labels.{split} have {len(s1)}/{len(s2)}/{len(labels)} lines")
