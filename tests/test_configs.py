@@ -110,10 +110,61 @@ def test_example_data_config_loads_and_builds_a_sampler(compose_cfg):
     assert len(datamodule.build_sampler()) > 0
 
 
-@pytest.mark.parametrize("name", options("debug") + options("experiment"))
-def test_debug_and_experiment_configs_compose(compose_cfg, name):
-    group = "debug" if (GROUPS / "debug" / f"{name}.yaml").exists() else "experiment"
-    assert compose_cfg([f"{group}={name}"]) is not None
+def declared_values(group: str, name: str) -> dict[tuple, object]:
+    """The leaf values a group file sets itself (not its defaults list, not interpolations), keyed by their full
+    path in the composed config: ``# @package _global_`` files at the root, the others under the group's name."""
+    from omegaconf import OmegaConf
+
+    path = GROUPS / group / f"{name}.yaml"
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    node.pop("defaults", None)
+    prefix = () if "# @package _global_" in path.read_text() else (group,)
+    leaves: dict[tuple, object] = {}
+
+    def walk(value, key):
+        if isinstance(value, dict) and value:
+            for child, inner in value.items():
+                walk(inner, (*key, str(child)))
+        elif not (isinstance(value, str) and "${" in value):
+            leaves[prefix + key] = value
+    walk(node, ())
+    return leaves
+
+
+GROUP_FILES = [(g, n) for g in ("debug", "experiment", "merge", "fuse", "trainer", "task_mix", "hparams_search")
+               for n in options(g) if not n.startswith("_")]
+
+
+@pytest.mark.parametrize(("group", "name"), GROUP_FILES, ids=[f"{g}={n}" for g, n in GROUP_FILES])
+def test_every_group_file_sets_what_it_declares(compose_cfg, group, name):
+    """Choosing a group file puts each value it declares into the composed config, where the code reads it (a
+    file without ``# @package _global_`` once left ``debug=fdr``'s ``trainer.max_steps`` under ``debug.``)."""
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg([f"{'+' if group == 'fuse' else ''}{group}={name}"])  # fuse is not in the defaults list
+    if group in ("debug", "experiment", "hparams_search", "fuse"):  # these set keys across the whole config
+        assert "# @package _global_" in (GROUPS / group / f"{name}.yaml").read_text(), f"{group}/{name}.yaml"
+    declared = declared_values(group, name)
+    assert declared, f"{group}/{name}.yaml declares nothing"
+    for path, value in declared.items():
+        key, got = ".".join(path), cfg
+        for part in path:
+            got = got.get(part, "<absent>") if OmegaConf.is_config(got) else "<absent>"
+        got = OmegaConf.to_container(got, resolve=False) if OmegaConf.is_config(got) else got
+        got = getattr(got, "name", got)  # Hydra's enums (hydra.mode: MULTIRUN)
+        assert got == value, f"{group}={name}: {key} is {got!r}, the file sets {value!r}"
+
+
+def test_debug_runs_are_short_and_apart(compose_cfg):
+    """debug=default: verbose, one epoch, anomaly detection, no workers, outputs under logs/debug;
+    debug=fdr: two optimizer steps with a checkpoint at each."""
+    cfg = compose_cfg(["debug=default"])
+    assert cfg.task_name == "debug" and cfg.trainer.detect_anomaly is True and cfg.data.num_workers == 0
+    assert cfg.trainer.max_epochs == 1 and cfg.print_config is True
+    fdr = compose_cfg(["debug=fdr"])
+    assert fdr.trainer.max_steps == 2 and fdr.checkpoint_every_n_steps == 1 and fdr.task_name == "debug"
+    assert fdr.merge.method == "none"
+    assert "debug" not in fdr  # nothing left under a `debug:` node that no code reads
 
 
 def test_real_cpu_recipe_mines_ir_training_data_and_never_validates_on_a_test_split(compose_cfg):
@@ -140,3 +191,13 @@ def test_real_cpu_recipe_mines_ir_training_data_and_never_validates_on_a_test_sp
     assert [v["name"] for v in val] == ["stsb_dev", "scifact_holdout"]
     assert val[0]["path"].endswith("sts-dev.csv") and val[1]["split"] == "train"
     assert val[1]["holdout_fraction"] == next(s for s in specs if s["name"] == "scifact_train")["holdout"]["fraction"]
+
+
+def test_print_config_prints_the_composed_tree(compose_cfg, capsys):
+    """``print_config: true`` (debug=default) prints each group with its resolved values before the run."""
+    from codiemb.utils.config_tree import print_config_tree
+
+    print_config_tree(compose_cfg(["debug=fdr", "module.lr=0.123"]))
+    out = capsys.readouterr().out
+    assert out.index("data") < out.index("model") < out.index("trainer")
+    assert "max_steps: 2" in out and "lr: 0.123" in out and "hydra" not in out.split("\n", 1)[0]

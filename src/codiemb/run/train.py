@@ -18,6 +18,7 @@ from codiemb.run.loggers import finish_loggers
 from codiemb.run.plan import RunPlan, build_plan
 from codiemb.run.resume import RunSession, open_run
 from codiemb.run.run_dir import process_rank
+from codiemb.utils.config_tree import print_config_tree
 from codiemb.utils.summary import print_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # setting or row fails here, before any model weights load.
     drop_duplicate_lightning_console()
     plan = build_plan(cfg)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
     log.info("precision: %s", plan.precision_line)
     if plan.seed is not None:
         L.seed_everything(plan.seed, workers=True)
