@@ -17,17 +17,26 @@ hard negative keeps none). ``False``: up to that many, without replacement.
 
 In ``mixed`` batches an STS pair counts as a positive pair when its normalised score reaches
 ``sts_positive_threshold``; otherwise sentence 2 is just another candidate.
+
+A text longer than ``max_length * CHARS_PER_TOKEN`` characters is cut to that many before tokenising (the
+tokenizer would tokenise all of it and then keep ``max_length`` tokens: a 50 MB text took 107 s and 7.4 GB);
+a warning per dataset says so. A WordPiece/BPE token is rarely longer than 12 characters, so the kept tokens
+are the same as the uncut text's except for texts of very long unbroken "words".
 """
 
 from __future__ import annotations
 
+import logging
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from codiemb.data.schema import Record
 from codiemb.prompts import DEFAULT_INSTRUCTION_TEMPLATE, format_text, prompt_prefix, prompt_token_count
+
+log = logging.getLogger(__name__)
+CHARS_PER_TOKEN = 12
 
 
 class Collator:
@@ -45,6 +54,7 @@ class Collator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.fixed_group_size = fixed_group_size
         self._prompt_lengths: dict[str, int] = {}
+        self._warned_long: set[str] = set()  # datasets whose over-long texts were reported (once per process)
 
     def __call__(self, items: Sequence[tuple[int, Record]]) -> dict:
         position = max(p for p, _ in items)
@@ -53,11 +63,14 @@ class Collator:
         task = tasks.pop() if len(tasks) == 1 else "mixed"
         batch = {"task": task, "dataset": sources.pop() if len(sources) == 1 else "mixed",
                  "position": position, "size": len(records)}
-        queries = [self._format(r.query, self.query_prompt, r.instruction) for r in records]
+        query_length = self.passage_max_length if task == "sts" else self.query_max_length
+        queries = [self._format(r.query, self.query_prompt, r.instruction, query_length, r.dataset)
+                   for r in records]
         if task == "sts":
             # STS is symmetric: both sentences get the same prompt (the record's instruction, else the query
             # prompt) and the longer length limit.
-            seconds = [self._format(r.positives[0], self.query_prompt, r.instruction) for r in records]
+            seconds = [self._format(r.positives[0], self.query_prompt, r.instruction, self.passage_max_length,
+                                    r.dataset) for r in records]
             batch["query"] = self._tokenize(queries, self.passage_max_length)
             batch["passages"] = self._tokenize(seconds, self.passage_max_length)
             batch["scores"] = torch.tensor([r.normalized_score for r in records], dtype=torch.float32)
@@ -67,7 +80,8 @@ class Collator:
         passages, owners, positive = [], [], []
         for i, record in enumerate(records):
             for text, is_pos in self._passages_of(record, rng):
-                passages.append(self._format(text, self.passage_prompt, None))
+                passages.append(self._format(text, self.passage_prompt, None, self.passage_max_length,
+                                             record.dataset))
                 owners.append(i)
                 positive.append(is_pos)
         mask = torch.zeros(len(records), len(passages), dtype=torch.bool)
@@ -92,7 +106,21 @@ class Collator:
             return rng.sample(texts * -(-size // len(texts)), size)
         return texts
 
-    def _format(self, text: str, prompt: str, instruction: str | None) -> tuple[str, str]:
+    def _cap(self, text: str, max_length: int | None, dataset: str | None) -> str:
+        """``text`` cut to ``max_length * CHARS_PER_TOKEN`` characters (warned once per dataset)."""
+        if not max_length or len(text) <= max_length * CHARS_PER_TOKEN:
+            return text
+        limit = max_length * CHARS_PER_TOKEN
+        if dataset not in self._warned_long:
+            self._warned_long.add(dataset)
+            log.warning("dataset '%s': a text of %d characters is cut to %d (max_length %d x %d) before tokenising; "
+                        "only its first %d tokens are used anyway (reported once per dataset)", dataset, len(text),
+                        limit, max_length, CHARS_PER_TOKEN, max_length)
+        return text[:limit]
+
+    def _format(self, text: str, prompt: str, instruction: str | None, max_length: int | None = None,
+                dataset: str | None = None) -> tuple[str, str]:
+        text = self._cap(text, max_length, dataset)
         return (format_text(text, prompt, instruction, self.instruction_template),
                 prompt_prefix(prompt, instruction, self.instruction_template))
 
