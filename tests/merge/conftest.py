@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 # Same shape as the project-wide tiny encoder (tests/conftest.py).
-TINY = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)
+TINY = {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}
 
 
 def perturbed_copy(source: Path, target: Path, seed: int, scale: float = 0.01, **overrides) -> Path:

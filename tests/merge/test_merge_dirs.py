@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from codiemb.errors import ConfigError, MergeError
-from codiemb.merge import merge_models
 from codiemb.merge import api as merge_api
+from codiemb.merge import merge_models
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def test_task_arithmetic_and_uniform_match_formulas(tiny_dirs, tmp_path):
 
 def test_non_float_tensors_copied_from_last_checkpoint(tiny_dirs, tmp_path):
     base, ckpts = tiny_dirs
-    ids = weights(base)["embeddings.position_ids"] if "embeddings.position_ids" in weights(base) else None
+    ids = weights(base).get("embeddings.position_ids")
     extra = torch.arange(6, dtype=torch.int64)
     dirs = []
     for i, src in enumerate([base, *ckpts[:2]]):

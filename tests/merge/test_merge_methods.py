@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from codiemb.errors import ConfigError
-from codiemb.merge.methods import (ChunkContext, dare, delta_coefficients, delta_merge, make_rule,
-                                   task_arithmetic, ties, uniform)
+from codiemb.merge.methods import (
+    ChunkContext,
+    dare,
+    delta_coefficients,
+    delta_merge,
+    make_rule,
+    task_arithmetic,
+    ties,
+    uniform,
+)
 
 W0 = torch.tensor([0.0, 0.0, 1.0, 2.0])
 W1 = torch.tensor([1.0, -2.0, 1.0, 2.0])   # d1 = [1, -2, 0, 0]

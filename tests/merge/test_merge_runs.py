@@ -48,7 +48,7 @@ def weights(path: Path) -> dict:
 
 
 def test_runs_select_last_is_the_delta_formula_by_hand(sweep, tmp_path):
-    root, runs = sweep
+    _, runs = sweep
     report = merge_from_config({"method": "delta", "runs": [str(r) for r in runs], "select": "last",
                                 "output": str(tmp_path / "fused")}, user_overrides=[])
     w0 = weights(runs[0] / "checkpoints" / "initial")[NAME]
@@ -84,7 +84,7 @@ def open_descriptors() -> int:
 def test_checking_the_runs_leaves_no_file_open(sweep, tmp_path):
     """Fusing a sweep opens every export's weights; each must be closed again (it once opened one descriptor per
     tensor and closed one per file, so a 3-run sweep of a tiny model leaked hundreds)."""
-    root, runs = sweep
+    root, _ = sweep
 
     def fuse(name: str):
         merge_from_config({"method": "delta", "runs": [str(root)], "select": "all", "output": str(tmp_path / name)},
@@ -130,7 +130,7 @@ def test_best_val_without_scores_says_what_to_do(tiny_dirs, perturb, tmp_path):
 
 
 def test_odd_runs_are_refused_by_name(sweep, tiny_dirs, perturb, tmp_path):
-    root, runs = sweep
+    _, runs = sweep
     base, _ = tiny_dirs
     other_base = perturb(base, tmp_path / "other-base", seed=99)
     odd = fake_run(tmp_path / "odd-weights", other_base, perturb, seed=5)

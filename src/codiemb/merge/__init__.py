@@ -6,4 +6,4 @@ This package never imports ``codiemb.models``: it works on state dicts, so it me
 from codiemb.merge.api import merge_from_config, merge_models
 from codiemb.merge.methods import dare, delta_merge, task_arithmetic, ties, uniform
 
-__all__ = ["merge_models", "merge_from_config", "delta_merge", "uniform", "task_arithmetic", "ties", "dare"]
+__all__ = ["dare", "delta_merge", "merge_from_config", "merge_models", "task_arithmetic", "ties", "uniform"]

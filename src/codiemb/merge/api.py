@@ -7,8 +7,8 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -17,17 +17,25 @@ from codiemb.merge.card import write_merge_card
 from codiemb.merge.config import CONFIG_KEYS, check_merge_config
 from codiemb.merge.greedy import greedy_soup_select
 from codiemb.merge.methods import MergeRule, make_rule
+from codiemb.merge.output import check_output, write_marker
 from codiemb.merge.report import REPORT_JSON, format_table, layer_summary, summarise, write_report
 from codiemb.merge.runs import resolve_members
-from codiemb.merge.stream import (CHUNK_ELEMENTS, ModelDir, TensorReader, check_compatible, merge_tensor,
-                                  plan_tensors, write_model_dir)
+from codiemb.merge.stream import (
+    CHUNK_ELEMENTS,
+    ModelDir,
+    TensorReader,
+    check_compatible,
+    merge_tensor,
+    plan_tensors,
+    write_model_dir,
+)
 from codiemb.utils.atomic import atomic_directory, atomic_write_text, remove_stale_temporaries, temp_prefix
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[str], float]
 EvaluateFn = Callable[[str], Mapping[str, float]]
-__all__ = ["merge_models", "merge_from_config", "check_merge_config", "CONFIG_KEYS", "evaluate_models"]
+__all__ = ["CONFIG_KEYS", "check_merge_config", "evaluate_models", "merge_from_config", "merge_models"]
 
 
 def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: str | Path,
@@ -36,23 +44,27 @@ def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: st
                  members: Sequence[Mapping] | None = None, select: str | None = None, **options) -> dict:
     """Merge exported model directories ``checkpoints`` against ``base`` into ``output``; return the report.
 
-    ``method``: delta | uniform | greedy_soup | task_arithmetic | ties | dare, ``options`` as in
-    :data:`codiemb.merge.methods.DEFAULT_OPTIONS` (``lambda`` is accepted for ``lam``).
+    ``method``: a registered method (:data:`codiemb.merge.registry.METHODS`: delta | uniform | greedy_soup |
+    task_arithmetic | ties | dare), ``options`` as in its entry's ``defaults`` (``lambda`` is accepted for
+    ``lam``).
     ``score_fn(model_dir)`` (higher is better) is required by greedy_soup.
     ``evaluate_fn(model_dir) -> {metric: value}``, when given, scores the base, every checkpoint and the
     result; the table is logged and stored in the report.
     ``members`` (one dict per checkpoint: ``trajectory``, ``step``, ``val``...) describe where checkpoints came
     from when runs are fused; ``layers`` in the report then groups the merging weights by trajectory.
     ``output`` appears complete or not at all; it holds the last checkpoint's non-weight files, the merged
-    ``model.safetensors``, a model card for the merged model (``README.md``), ``merge_report.json`` and
-    ``merge_report.png``.
+    ``model.safetensors``, a model card for the merged model (``README.md``), ``merge_report.json``,
+    ``merge_report.png`` and the marker ``.codiemb_model``. An existing ``output`` is replaced only when it is
+    empty or carries that marker (:mod:`codiemb.merge.output`); a merged tensor holding NaN or inf, or an input
+    holding one, raises MergeError and leaves ``output`` as it was.
     """
     if not checkpoints:
         raise ConfigError("merge needs at least one checkpoint")
     rule = make_rule(method, **options)
+    output = Path(output)
+    check_output(output)  # before any work: only an empty directory or a model codiemb wrote is replaced
     dirs = [ModelDir.open(p) for p in [base, *checkpoints]]
     check_compatible(dirs)
-    output = Path(output)
     greedy = None
     with TensorReader(dirs) as reader:
         merged_names, copied, ignored = plan_tensors(reader)
@@ -75,6 +87,8 @@ def merge_models(base: str | Path, checkpoints: Sequence[str | Path], output: st
         write_model_dir(tmp, dirs[-1], tensors, metadata, skip=("README.md",))
         write_report(report, tmp)
         write_merge_card(report, tmp)
+        write_marker(tmp, method)
+        check_output(output)  # again: something may have appeared there while we merged
     del tensors
     log.info("merged %d checkpoints with %s into %s", len(checkpoints), method, output)
     if evaluate_fn is not None:
@@ -113,6 +127,7 @@ def merge_from_config(cfg: Mapping, *, base=None, checkpoints=None, output=None,
     for key, value in (("merge.base", base), ("merge.output", output)):
         if value is None:
             raise ConfigError(f"{key} is not set (e.g. `python merge.py {key}=<dir>`)")
+    check_output(output)
     if not checkpoints:
         raise ConfigError("merge.checkpoints is empty (e.g. `merge.checkpoints=[<dir>,<dir>]`, or "
                           "`merge.runs=[<run dir>,...]` / `merge.runs=<multirun dir>`)")

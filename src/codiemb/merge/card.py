@@ -8,30 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CARD_FILE = "README.md"
+from codiemb.merge.registry import METHODS
 
-FORMULAS = {
-    "delta": "w = w0 + lam * sum_k a_k d_k, a_k = n_k^p / sum_j n_j^p, n_k = |d_k| per {granularity} "
-             "(this project's reading of CoDiEmb's delta-guided fusion; the paper states the principle only)",
-    "uniform": "w = mean_k w_k (Model Soup)",
-    "greedy_soup": "w = mean of the greedily chosen w_k (Model Soup, greedy recipe)",
-    "task_arithmetic": "w = w0 + lam * sum_k d_k",
-    "ties": "TIES: trim each d_k to its top-density magnitudes, elect signs, disjoint mean; w = w0 + lam * mean",
-    "dare": "DARE: drop delta elements with probability p, rescale by 1/(1-p), combine {combine}",
-}
+CARD_FILE = "README.md"
 
 
 def render_merge_card(report: dict) -> str:
     """Markdown: front matter, merge method + options + formula, base, members, per-trajectory weight,
     evaluation (when the merge was evaluated), usage."""
     method, options = report["method"], report.get("options") or {}
-    formula = FORMULAS.get(method, method).format(granularity=options.get("granularity", "element"),
-                                                  combine=options.get("combine", "linear"))
+    formula = method_formula(method, options)
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
              "tags: [sentence-transformers, feature-extraction, sentence-similarity, codiemb, merge]", "---", "",
              f"# Merged embedding model ({method})", "",
-             "Made by the [codiemb](https://arxiv.org/abs/2508.11442) merge stage from the checkpoints below "
-             "(`merge_report.json` holds every number of this card).", "", "## Merge", "",
+             ("Made by the [codiemb](https://arxiv.org/abs/2508.11442) merge stage from the checkpoints below "
+              "(`merge_report.json` holds every number of this card)."), "", "## Merge", "",
              "| setting | value |", "|---|---|", f"| method | {method} |",
              f"| options | {', '.join(f'{k}={v}' for k, v in options.items()) or '-'} |",
              f"| formula | {formula} |", f"| base (w0) | `{report['base']}` |"]
@@ -81,3 +72,14 @@ def _num(value) -> str:
 
 def _pct(value) -> str:
     return "" if value is None else f"{value:.1%}"
+
+
+def method_formula(method: str, options: dict) -> str:
+    """The registry entry's ``formula`` with ``{option}`` fields filled in; the method's name if it has none."""
+    spec = METHODS.get(method)
+    if spec is None or not spec.formula:
+        return method
+    try:
+        return spec.formula.format(**{**spec.defaults, **options})
+    except (KeyError, IndexError, ValueError):
+        return spec.formula

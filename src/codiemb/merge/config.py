@@ -11,10 +11,11 @@ defaults apply instead.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+import codiemb.merge.methods  # noqa: F401  (registers the built-in methods)
 from codiemb.errors import ConfigError
-from codiemb.merge.methods import DEFAULT_OPTIONS
+from codiemb.merge.registry import get_method
 
 # Keys of a `merge` config that are not method options.
 CONFIG_KEYS = ("method", "base", "checkpoints", "runs", "select", "output", "evaluate", "score_key")
@@ -63,22 +64,21 @@ def check_merge_config(cfg_merge: Mapping, user_overrides: Sequence[str] | None 
     ``user_overrides``: the command line's overrides (``HydraConfig.get().overrides.task``); ``group_method``:
     the method of the group file the node came from (``HydraConfig.get().runtime.choices["merge"]``). With
     ``user_overrides=None`` both are read from the running Hydra job; outside one, every option counts as set
-    by the user (the strict reading). Raises ``ConfigError`` (one line) for an unknown method or a user-set
-    option the method does not take.
+    by the user (the strict reading). Raises ``ConfigError`` (one line) for an unknown method, a user-set
+    option the method does not take, or an option value the method's registry entry refuses (not a finite
+    number, out of range).
     """
     cfg = to_dict(cfg_merge)
     method = cfg.get("method")
     if method in (None, "none"):
         return cfg
-    if method not in DEFAULT_OPTIONS:
-        raise ConfigError(f"unknown merge method {method!r}; choose one of {sorted(DEFAULT_OPTIONS)} or none")
+    spec = get_method(method)  # ConfigError naming the registered methods
     if user_overrides is None:
         user_overrides, choice = hydra_job()
         group_method = group_method or choice
     user = user_set_keys(user_overrides)
     group_method = group_method or group_choice(user_overrides or [])
-    allowed = set(DEFAULT_OPTIONS[method]) | {"lambda"} if "lam" in DEFAULT_OPTIONS[method] else \
-        set(DEFAULT_OPTIONS[method])
+    allowed = set(spec.defaults) | ({"lambda"} if "lam" in spec.defaults else set())
     options = {k: v for k, v in cfg.items() if k not in CONFIG_KEYS}
     if user is None:  # no command line to consult: every option counts as the user's
         user = set(options)
@@ -86,9 +86,10 @@ def check_merge_config(cfg_merge: Mapping, user_overrides: Sequence[str] | None 
     wrong = sorted(k for k in options if k in user and k not in allowed)
     if wrong:
         raise ConfigError(f"merge option(s) {', '.join(f'merge.{k}' for k in wrong)} do not apply to merge method "
-                          f"{method!r} (it takes {sorted(DEFAULT_OPTIONS[method]) or 'no options'}); drop them, "
+                          f"{method!r} (it takes {sorted(spec.defaults) or 'no options'}); drop them, "
                           f"or pick the method with its options as `merge={method}`")
     kept = {k: v for k, v in options.items() if k in allowed and (k in user or not method_switched)}
+    spec.validate(kept)  # finite, in range: refused now, not after training or half a merge
     return {**{k: v for k, v in cfg.items() if k in CONFIG_KEYS}, **kept}
 
 

@@ -8,7 +8,7 @@ as well as the soup did (``>=``, as in the paper). The soup is then the uniform 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ Every rule here is linear in the checkpoint deltas ``d_k = w_k - w0`` with per-e
 
     merged = w0 + sum_k c_k * d_k
 
-so each method is a *coefficient function* ``deltas [K, *shape] -> c`` (``c`` broadcasts against ``deltas``).
+so each method is a *coefficient function* ``deltas [K, *shape] -> c`` (``c`` broadcasts against ``deltas``),
+registered with its default options and checks in :mod:`codiemb.merge.registry` (the entries are below).
 The streaming merger (:mod:`codiemb.merge.stream`) calls these on row chunks of a tensor; the report reads the
 same coefficients. The plain functions at the bottom (``delta_merge``, ``uniform``, ...) merge whole small
 tensors and are what the hand-worked tests exercise.
@@ -30,12 +31,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 
 from codiemb.errors import ConfigError
+from codiemb.merge.registry import ChunkContext, DefaultOptions, MergeMethod, get_method, merge_method
 
 GRANULARITIES = ("element", "row", "tensor")
 
@@ -110,83 +112,97 @@ def dare_coefficients(deltas: torch.Tensor, p: float = 0.5, combine: str = "line
     return _disjoint_mean(deltas * rescale, (keep_masks != 0).to(deltas.dtype)) * rescale * lam
 
 
+# ------------------------------------------------------------------------------------------ registry entries
+# One entry per method (see codiemb.merge.registry): coefficients(deltas, options, ctx), defaults, checks.
+def _check_delta(o: dict) -> None:
+    if o["granularity"] not in GRANULARITIES:
+        raise ConfigError(f"merge.granularity must be one of {GRANULARITIES}, got {o['granularity']!r}")
+    if o["p"] < 0:
+        raise ConfigError(f"merge.p (delta's exponent) must be >= 0, got {o['p']}")
+
+
+@merge_method("delta", defaults={"p": 1.0, "granularity": "element", "lam": 1.0}, check=_check_delta,
+              needs_norms=lambda o: o["granularity"] == "tensor",
+              formula="w = w0 + lam * sum_k a_k d_k, a_k = n_k^p / sum_j n_j^p, n_k = |d_k| per {granularity} "
+                      "(this project's reading of CoDiEmb's delta-guided fusion; the paper states the principle "
+                      "only)")
+def _delta(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    return delta_coefficients(deltas, o["p"], o["granularity"], o["lam"], ctx.norms)
+
+
+@merge_method("uniform", formula="w = mean_k w_k (Model Soup)")
+def _uniform(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    return uniform_coefficients(deltas)
+
+
+@merge_method("greedy_soup", internal=("members",),
+              formula="w = mean of the greedily chosen w_k (Model Soup, greedy recipe)")
+def _greedy_soup(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    return uniform_coefficients(deltas, o.get("members"))
+
+
+@merge_method("task_arithmetic", defaults={"lam": 1.0}, formula="w = w0 + lam * sum_k d_k")
+def _task_arithmetic(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    return task_arithmetic_coefficients(deltas, o["lam"])
+
+
+def _check_ties(o: dict) -> None:
+    if not 0 < o["density"] <= 1:
+        raise ConfigError(f"merge.density (ties) must be in (0, 1], got {o['density']}")
+
+
+@merge_method("ties", defaults={"density": 0.2, "lam": 1.0}, check=_check_ties, needs_thresholds=True,
+              formula="TIES: trim each d_k to its top-density magnitudes, elect signs, disjoint mean; "
+                      "w = w0 + lam * mean")
+def _ties(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    return ties_coefficients(deltas, o["density"], o["lam"], ctx.thresholds)
+
+
+def _check_dare(o: dict) -> None:
+    if not 0 <= o["p"] < 1:
+        raise ConfigError(f"merge.p (dare's drop rate) must be in [0, 1), got {o['p']}")
+    if o["combine"] not in ("linear", "ties"):
+        raise ConfigError(f"merge.combine (dare) must be 'linear' or 'ties', got {o['combine']!r}")
+
+
+@merge_method("dare", defaults={"p": 0.5, "combine": "linear", "lam": 1.0, "seed": 0}, check=_check_dare,
+              formula="DARE: drop delta elements with probability p, rescale by 1/(1-p), combine {combine}")
+def _dare(deltas: torch.Tensor, o: dict, ctx: ChunkContext) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(_chunk_seed(o["seed"], ctx.name, ctx.start))
+    return dare_coefficients(deltas, o["p"], o["combine"], o["lam"], generator)
+
+
 # ------------------------------------------------------------------------------------------------- rules
 @dataclass
-class ChunkContext:
-    """Where a chunk sits: the streaming merger fills it, rules read what they need."""
-
-    name: str = ""
-    start: int = 0
-    norms: torch.Tensor | None = None        # [K] whole-tensor L2 norms of the deltas
-    thresholds: torch.Tensor | None = None   # [K] TIES cut-offs over the whole tensor
-
-
-@dataclass
 class MergeRule:
-    """A method with validated options; ``coefficients(deltas, ctx)`` gives ``c`` for one chunk."""
+    """A method with validated options; ``coefficients(deltas, ctx)`` gives ``c`` for one chunk through the
+    method's registry entry (an unregistered method raises ConfigError)."""
 
     method: str
     options: dict = field(default_factory=dict)
 
     @property
+    def spec(self) -> MergeMethod:
+        return get_method(self.method)
+
+    @property
     def needs_norms(self) -> bool:
-        return self.method == "delta" and self.options["granularity"] == "tensor"
+        return bool(self.spec.needs_norms(self.options))
 
     @property
     def needs_thresholds(self) -> bool:
-        return self.method == "ties"
+        return self.spec.needs_thresholds
 
     def coefficients(self, deltas: torch.Tensor, ctx: ChunkContext | None = None) -> torch.Tensor:
-        ctx = ctx or ChunkContext()
-        o = self.options
-        if self.method == "delta":
-            return delta_coefficients(deltas, o["p"], o["granularity"], o["lam"], ctx.norms)
-        if self.method in ("uniform", "greedy_soup"):
-            return uniform_coefficients(deltas, o.get("members"))
-        if self.method == "task_arithmetic":
-            return task_arithmetic_coefficients(deltas, o["lam"])
-        if self.method == "ties":
-            return ties_coefficients(deltas, o["density"], o["lam"], ctx.thresholds)
-        generator = torch.Generator().manual_seed(_chunk_seed(o["seed"], ctx.name, ctx.start))
-        return dare_coefficients(deltas, o["p"], o["combine"], o["lam"], generator)
+        return self.spec.coefficients(deltas, self.options, ctx or ChunkContext())
 
 
-DEFAULT_OPTIONS: dict[str, dict] = {
-    "delta": {"p": 1.0, "granularity": "element", "lam": 1.0},
-    "uniform": {},
-    "greedy_soup": {},
-    "task_arithmetic": {"lam": 1.0},
-    "ties": {"density": 0.2, "lam": 1.0},
-    "dare": {"p": 0.5, "combine": "linear", "lam": 1.0, "seed": 0},
-}
+DEFAULT_OPTIONS = DefaultOptions()  # {method: its default options}, read from the registry
 
 
 def make_rule(method: str, **options) -> MergeRule:
     """Validate ``options`` for ``method`` (unknown or out-of-range values raise ConfigError)."""
-    if method not in DEFAULT_OPTIONS:
-        raise ConfigError(f"unknown merge method {method!r}; choose one of {sorted(DEFAULT_OPTIONS)}")
-    if "lambda" in options:  # `lambda` is the issue's name; `lam` is the Python-safe spelling
-        options["lam"] = options.pop("lambda")
-    allowed = set(DEFAULT_OPTIONS[method]) | ({"members"} if method == "greedy_soup" else set())
-    unknown = set(options) - allowed
-    if unknown:
-        raise ConfigError(f"options {sorted(unknown)} do not apply to merge method {method!r} (it takes "
-                          f"{sorted(allowed) or 'no options'}); pick the method with `merge={method}`, "
-                          "not only `merge.method=...`, so its own options come with it")
-    merged = {**DEFAULT_OPTIONS[method], **options}
-    if method == "delta":
-        if merged["granularity"] not in GRANULARITIES:
-            raise ConfigError(f"granularity must be one of {GRANULARITIES}, got {merged['granularity']!r}")
-        if merged["p"] < 0:
-            raise ConfigError(f"delta merge needs p >= 0, got {merged['p']}")
-    if method == "ties" and not 0 < merged["density"] <= 1:
-        raise ConfigError(f"ties density must be in (0, 1], got {merged['density']}")
-    if method == "dare":
-        if not 0 <= merged["p"] < 1:
-            raise ConfigError(f"dare drop rate p must be in [0, 1), got {merged['p']}")
-        if merged["combine"] not in ("linear", "ties"):
-            raise ConfigError(f"dare combine must be 'linear' or 'ties', got {merged['combine']!r}")
-    return MergeRule(method, merged)
+    return MergeRule(method, get_method(method).validate(options))
 
 
 # ------------------------------------------------------------------------------------ whole-tensor merges

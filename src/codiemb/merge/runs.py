@@ -18,9 +18,9 @@ import csv
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from codiemb.errors import ConfigError, MergeError
 from codiemb.merge.safetensors_io import SafetensorsFile

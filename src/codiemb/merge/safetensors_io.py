@@ -91,7 +91,7 @@ class SafetensorsFile:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "SafetensorsFile":
+    def __enter__(self) -> SafetensorsFile:  # noqa: PYI034  (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc) -> None:

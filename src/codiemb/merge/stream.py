@@ -13,11 +13,12 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
+
 from codiemb.errors import MergeError
 from codiemb.merge.methods import ChunkContext, MergeRule, ties_thresholds
 from codiemb.merge.safetensors_io import SafetensorsFile, write_safetensors
@@ -43,11 +44,12 @@ class ModelDir:
     tensor_files: dict[str, Path] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: str | Path) -> "ModelDir":
+    def open(cls, path: str | Path) -> ModelDir:
         path = Path(path)
         if (path / WEIGHTS_NAME).is_file():
             with SafetensorsFile(path / WEIGHTS_NAME) as handle:
-                return cls(path, {name: path / WEIGHTS_NAME for name in handle.keys()})
+                names = handle.keys()
+                return cls(path, dict.fromkeys(names, path / WEIGHTS_NAME))
         if (path / INDEX_NAME).is_file():
             weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
             return cls(path, {name: path / shard for name, shard in weight_map.items()})
@@ -214,7 +216,20 @@ def merge_tensor(reader: TensorReader, name: str, rule: MergeRule,
         is_top = (flat == top) & changed
         stats.dominant += (is_top.double() / is_top.sum(dim=0).clamp_min(1)).sum(dim=1)
         stats.unchanged += int((~changed).sum())
+    check_merged_finite(name, merged, rule)
     return merged, stats
+
+
+def check_merged_finite(name: str, merged: torch.Tensor, rule: MergeRule) -> None:
+    """Refuse a merged tensor holding NaN or inf (in its output dtype: an fp16 sum can overflow)."""
+    finite = torch.isfinite(merged)
+    if bool(finite.all()):
+        return
+    nan = int(torch.isnan(merged).sum())
+    raise MergeError(f"merged tensor '{name}' is not finite ({nan} NaN, {int((~finite).sum()) - nan} inf of "
+                     f"{merged.numel()} values, {merged.dtype}) with method {rule.method} {rule.options}; nothing "
+                     "was written (an existing output is left as it was): lower merge.lam or merge float32 "
+                     "checkpoints")
 
 
 def _deltas(reader: TensorReader, name: str, start, stop, base: torch.Tensor | None = None) -> torch.Tensor:
@@ -222,7 +237,18 @@ def _deltas(reader: TensorReader, name: str, start, stop, base: torch.Tensor | N
     base = reader.read(0, name, start, stop) if base is None else base
     dtype = torch.float64 if base.dtype == torch.float64 else torch.float32
     stacked = torch.stack([reader.read(i, name, start, stop).to(dtype) for i in range(1, len(reader.dirs))])
+    if not (bool(torch.isfinite(stacked).all()) and bool(torch.isfinite(base).all())):
+        _refuse_non_finite_input(reader, name, [base, *stacked])
     return stacked.sub_(base.to(dtype))
+
+
+def _refuse_non_finite_input(reader: TensorReader, name: str, chunks: list[torch.Tensor]) -> None:
+    """Name the first input (base, then checkpoints) whose chunk of ``name`` holds NaN or inf."""
+    for i, chunk in enumerate(chunks):
+        if not bool(torch.isfinite(chunk).all()):
+            kind = "NaN" if bool(torch.isnan(chunk).any()) else "inf"
+            raise MergeError(f"{reader.dirs[i].tensor_files[name]}: tensor '{name}' holds {kind} values; a model "
+                             "with non-finite weights (a diverged run?) cannot be merged: leave it out of the merge")
 
 
 def write_model_dir(target: Path, template: ModelDir, tensors: dict[str, torch.Tensor],
