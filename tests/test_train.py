@@ -34,6 +34,24 @@ def test_every_task_mix_trains_and_exports(compose_cfg, task_mix):
     assert torch.isfinite(torch.tensor(result["metrics"]["train/loss"]))
 
 
+def test_each_tasks_loss_is_averaged_over_its_last_steps(compose_cfg):
+    """``train/<task>_loss_avg`` (what the summary shows) is the mean of that task's last logged losses, not the
+    last step's loss of whichever task came last."""
+    from codiemb.models.module import LOSS_WINDOW
+
+    cfg = compose_cfg(FAST + ["merge=none", "trainer.max_steps=6", "~callbacks.validation"])
+    result = train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for task in ("ir", "sts"):
+        # a row logs every metric seen so far; a step of this task is one whose train/loss is this task's
+        losses = [float(r["train/loss"]) for r in rows if r.get("train/loss") and r["train/loss"] == r[f"train/{task}_loss"]]
+        assert len(losses) >= 2
+        expected = sum(losses[-LOSS_WINDOW:]) / len(losses[-LOSS_WINDOW:])
+        assert result["metrics"][f"train/{task}_loss_avg"] == pytest.approx(expected, rel=1e-5)
+        assert result["metrics"][f"train/{task}_loss_avg"] != pytest.approx(losses[-1])
+
+
 @pytest.mark.parametrize("loss", ["cosent", "angle", "infonce"])
 def test_baseline_losses_run(compose_cfg, loss):
     result = train(compose_cfg(FAST + [f"loss={loss}", "task_mix=sts_only", "merge=none",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from codiemb.losses.cosent import _PairRankingSTSLoss, cosent_loss
+from codiemb.losses.cosent import PairRankingSTSLoss, cosent_loss
 
 
 def pairwise_angle_similarity(x: Tensor, y: Tensor) -> Tensor:
@@ -38,7 +38,7 @@ def angle_loss(a: Tensor, b: Tensor, target: Tensor, scale: float = 20.0) -> Ten
     return cosent_loss(pairwise_angle_similarity(a, b), target, scale)
 
 
-class AnglELoss(_PairRankingSTSLoss):
+class AnglELoss(PairRankingSTSLoss):
     """AnglE on STS pairs; same signature as :class:`~codiemb.losses.cosent.CoSENTLoss`."""
 
     component_name = "angle"

@@ -19,7 +19,7 @@ def cosent_loss(pred: Tensor, target: Tensor, scale: float = 20.0) -> Tensor:
     return torch.logsumexp(torch.cat([zero, logits.flatten()]), dim=0)
 
 
-class _PairRankingSTSLoss(nn.Module):
+class PairRankingSTSLoss(nn.Module):
     """Shared STS call signature ``forward(a, b, scores, a_mid=None, b_mid=None) -> (loss, components)``
     for CoSENT-style losses that only look at a per-pair similarity of the final embeddings."""
 
@@ -43,5 +43,5 @@ class _PairRankingSTSLoss(nn.Module):
         return f"scale={self.scale}"
 
 
-class CoSENTLoss(_PairRankingSTSLoss):
+class CoSENTLoss(PairRankingSTSLoss):
     """CoSENT on the cosine similarity of each STS pair ``(a_i, b_i)``; scores in [0, 1] (only their order matters)."""

@@ -15,10 +15,6 @@ from codiemb.errors import ConfigError
 from codiemb.losses.infonce_slots import check_temperature, info_nce_slots
 
 
-def _check_temperature(temperature: float) -> None:
-    check_temperature(temperature)
-
-
 def info_nce(query: Tensor, passages: Tensor, positive_mask: Tensor, temperature: float = 0.02) -> Tensor:
     """InfoNCE with several positives per query, each positive scored in turn.
 
@@ -38,7 +34,7 @@ def info_nce(query: Tensor, passages: Tensor, positive_mask: Tensor, temperature
         positive_mask: ``[B, M]`` bool, ``True`` where passage ``k`` is a positive of query ``i``.
         temperature: ``t`` above.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     if positive_mask.shape != (query.shape[0], passages.shape[0]):
         raise ValueError(f"positive_mask has shape {tuple(positive_mask.shape)}, "
                          f"expected {(query.shape[0], passages.shape[0])}")
@@ -74,7 +70,7 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.02, cross_device: bool | str = "auto", candidates: str = "all"):
         super().__init__()
-        _check_temperature(temperature)
+        check_temperature(temperature)
         if candidates not in CANDIDATE_SETS:
             raise ConfigError(f"candidates must be one of {CANDIDATE_SETS}, got {candidates!r}")
         self.temperature = temperature
@@ -117,7 +113,7 @@ class STSInfoNCELoss(nn.Module):
 
     def __init__(self, temperature: float = 0.02, positive_threshold: float = 0.8):
         super().__init__()
-        _check_temperature(temperature)
+        check_temperature(temperature)
         self.temperature = temperature
         self.positive_threshold = positive_threshold
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codiemb.losses.infonce import _check_temperature
+from codiemb.losses.infonce_slots import check_temperature
 
 
 def pro_loss(pred: Tensor, target: Tensor, temperature: float = 0.05, weighted: bool = True,
@@ -28,7 +28,7 @@ def pro_loss(pred: Tensor, target: Tensor, temperature: float = 0.05, weighted: 
     Items with no lower-scored item are skipped; if none qualifies the loss is a connected zero.
     Vectorised with an ``[n, n]`` mask and ``logsumexp``.
     """
-    _check_temperature(temperature)
+    check_temperature(temperature)
     pred, target = pred.float().flatten(), target.float().flatten().to(pred.device)
     scaled = pred / temperature
     gaps = target[:, None] - target[None, :]  # gaps[k, j] = y_k - y_j
@@ -54,7 +54,7 @@ class PROLoss(nn.Module):
 
     def __init__(self, temperature: float = 0.05, weighted: bool = True):
         super().__init__()
-        _check_temperature(temperature)
+        check_temperature(temperature)
         self.temperature = temperature
         self.weighted = weighted
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from codiemb.losses.infonce import _check_temperature
+from codiemb.losses.infonce_slots import check_temperature
 
 
 def normalised_average_ranks(target: Tensor) -> Tensor:
@@ -36,8 +36,8 @@ def rank_kl_loss(pred: Tensor, target: Tensor, pred_temperature: float = 0.05,
     CoDiEmb's weight 5 was tuned with it, so it is kept. Using ranks instead of raw scores makes the target
     distribution independent of the score scale and aligned with Spearman correlation (the STS metric).
     """
-    _check_temperature(pred_temperature)
-    _check_temperature(target_temperature)
+    check_temperature(pred_temperature)
+    check_temperature(target_temperature)
     pred = pred.float().flatten()
     n = pred.numel()
     if n < 2:
@@ -52,8 +52,8 @@ class RankKLLoss(nn.Module):
 
     def __init__(self, pred_temperature: float = 0.05, target_temperature: float = 0.05):
         super().__init__()
-        _check_temperature(pred_temperature)
-        _check_temperature(target_temperature)
+        check_temperature(pred_temperature)
+        check_temperature(target_temperature)
         self.pred_temperature = pred_temperature
         self.target_temperature = target_temperature
 

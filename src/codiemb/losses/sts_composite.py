@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from codiemb.errors import ConfigError
-from codiemb.losses.infonce import _check_temperature, sts_pair_infonce
+from codiemb.losses.infonce import sts_pair_infonce
+from codiemb.losses.infonce_slots import check_temperature
 from codiemb.losses.pearson import pearson_loss
 from codiemb.losses.pro import pro_loss
 from codiemb.losses.rank_kl import rank_kl_loss
@@ -47,7 +48,7 @@ class CoDiEmbSTSLoss(nn.Module):
         if not score_scale > 0:
             raise ConfigError(f"score_scale must be > 0, got {score_scale}")
         for value in (temperature, rank_kl_pred_temperature, rank_kl_target_temperature, pro_temperature):
-            _check_temperature(value)
+            check_temperature(value)
         self.pearson_weight = pearson_weight
         self.rank_kl_weight = rank_kl_weight
         self.pro_weight = pro_weight

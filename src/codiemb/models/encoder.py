@@ -9,18 +9,14 @@ from __future__ import annotations
 import contextlib
 import inspect
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
-from codiemb.models.attention import (  # noqa: F401  (BIDIRECTIONAL_MODEL_TYPES: re-exported)
-    BIDIRECTIONAL_MODEL_TYPES,
-    bidirectional_attention_mask,
-    check_bidirectional_support,
-)
+from codiemb.models.attention import bidirectional_attention_mask, check_bidirectional_support
 from codiemb.models.lora import apply_lora, lora_enabled, lora_summary, merged_backbone
 from codiemb.models.pooling import POOLING_MODES, PROMPT_AWARE_MODES, exclude_prompt, pool
 from codiemb.models.resolve import resolve_model_path
@@ -68,7 +64,7 @@ class Encoder(nn.Module):
         Settings saved in an exported directory (``codiemb.json``) are the defaults; explicit arguments win.
         ``random_init`` builds the architecture from its config (with ``config_overrides``) without weights,
         which is how tests get tiny models of every architecture without a download.
-        ``bidirectional`` lifts the causal mask of decoder backbones (:data:`BIDIRECTIONAL_MODEL_TYPES`);
+        ``bidirectional`` lifts the causal mask of decoder backbones (:data:`codiemb.models.attention.BIDIRECTIONAL_MODEL_TYPES`);
         ``lora`` (the ``model.lora`` node, see :mod:`codiemb.models.lora`) trains LoRA adapters only.
         ``pool_prompt`` (default False; True for exports made before the option existed, which pooled it)
         decides whether mean pooling averages over the prompt tokens too.
@@ -274,8 +270,3 @@ def _model_class(config, trust_remote_code: bool):
         from transformers.dynamic_module_utils import get_class_from_dynamic_module
         return get_class_from_dynamic_module(config.auto_map["AutoModel"], config._name_or_path)
     raise ValueError(f"no AutoModel class for config type {type(config).__name__}")
-
-
-def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

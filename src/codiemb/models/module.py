@@ -10,12 +10,16 @@ import lightning as L
 from lightning.pytorch.plugins.precision import MixedPrecision
 import torch
 from torch import nn
+from torchmetrics.aggregation import RunningMean
 
 from codiemb.errors import CodiembError
 from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
                                    gather_positive_mask, is_distributed)
 from codiemb.losses.l2sp import l2sp_penalty
 from codiemb.models.encoder import Encoder
+
+
+LOSS_WINDOW = 20  # steps of one task behind train/<task>_loss_avg
 
 
 class NonFiniteLossError(CodiembError, RuntimeError):
@@ -50,6 +54,11 @@ class CoDiEmbModule(L.LightningModule):
         # are, so switch to train mode here: dropout on, as in every other fine-tuning framework.
         self.train()
         self.save_hyperparameters(ignore=["encoder", "ir_loss", "sts_loss"])
+        # train/<task>_loss_avg: each task's loss over its last LOSS_WINDOW steps (synced across ranks), what the
+        # run summary shows; saved in the checkpoint, so a resumed run reports what the uninterrupted one would.
+        self.loss_avg = nn.ModuleDict({task: RunningMean(window=LOSS_WINDOW) for task in ("ir", "sts", "mixed")})
+        for metric in self.loss_avg.values():
+            metric.persistent(True)
         self.steps_by_task: dict[str, int] = {}
         self.steps_by_dataset: dict[str, int] = {}
         self._restored_rng: dict | None = None
@@ -122,6 +131,8 @@ class CoDiEmbModule(L.LightningModule):
         logged = loss.detach().float()
         self.log("train/loss", logged, prog_bar=True, batch_size=size)
         self.log(f"train/{task}_loss", logged, batch_size=size)
+        self.loss_avg[task].update(logged)  # every rank runs the same task each step, so compute's sync matches
+        self.log(f"train/{task}_loss_avg", self.loss_avg[task].compute(), batch_size=size)
         for name, value in components.items():
             self.log(f"train/{task}/{name}", value.float(), batch_size=size)
         return loss
@@ -153,6 +164,10 @@ class CoDiEmbModule(L.LightningModule):
         checkpoint["codiemb_steps"] = {"task": dict(self.steps_by_task), "dataset": dict(self.steps_by_dataset)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})  # a checkpoint from before the loss averages: start them empty
+        for key, value in self.state_dict().items():
+            if key.startswith("loss_avg.") and key not in state:
+                state[key] = value
         self._restored_rng = checkpoint.get("codiemb_rng_states")
         steps = checkpoint.get("codiemb_steps", {})  # the sampler/steps_* counters go on from where they were
         self.steps_by_task, self.steps_by_dataset = dict(steps.get("task", {})), dict(steps.get("dataset", {}))

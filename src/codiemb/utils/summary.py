@@ -27,8 +27,9 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"merged model       {result['merged']}  (load with SentenceTransformer(dir))")
     metrics = result.get("metrics", {})
     for key in sorted(metrics):
-        if key == "train/loss":
-            lines.append(f"{key:<19}{metrics[key]:.4f}")
+        if key.startswith("train/") and key.endswith("_loss_avg"):  # each task's loss over its last steps
+            task = key[len("train/"):-len("_loss_avg")]
+            lines.append(f"{key:<23}{metrics[key]:.4f}  (mean of the last {task} steps)")
         elif key.startswith("val/") and key.count("/") == 1:  # per-set values: see the logger
             lines.append(f"{key:<23}{metrics[key]:.4f}  (last step)")
     for key in sorted(metrics):
