@@ -69,7 +69,7 @@ def test_many_loggers_record_losses_sampler_events_merge_and_media(compose_cfg, 
 
     card = (Path(result["merged"]) / "README.md").read_text()
     for text in ("| support | ir | 96 |", "| sts_general | sts | 180 |", "task mix | balanced", "InfoNCELoss",
-                 "CoDiEmbSTSLoss", "merge | method=delta", "## Evaluation", "merged (delta)"):
+                 "CoDiEmbSTSLoss", "| method | delta |", "## Evaluation", "merged (delta)"):
         assert text in card, text
 
 

@@ -1,7 +1,9 @@
 """The model card (``README.md``) of a merged model: how it was made, from what, and how it scores.
 
-Written by the merge stage itself (this package never imports ``codiemb.models``, so the card is rendered
-here from the merge report), replacing the last checkpoint's card, which describes another model.
+Written by the merge stage itself, for ``merge.py`` and ``train.py``'s merge alike: the one renderer of a
+merged model's card, a function of the merge's inputs only, so the same merge gets the same card. It is
+rendered from the merge report plus the members' own description, the ``## Model`` / ``## Training data`` /
+``## Training recipe`` sections of the last member's card (this package never imports ``codiemb.models``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ from codiemb.merge.registry import METHODS
 CARD_FILE = "README.md"
 
 
-def render_merge_card(report: dict) -> str:
-    """Markdown: front matter, merge method + options + formula, base, members, per-trajectory weight,
-    evaluation (when the merge was evaluated), usage."""
+# The sections of a member's card that describe all members alike (the model, the data and recipe it trained on).
+MEMBER_SECTIONS = ("## Model", "## Training data", "## Training recipe")
+
+
+def render_merge_card(report: dict, member_card: str | None = None) -> str:
+    """Markdown: front matter, merge method + options + formula, base, members, per-trajectory weight, the
+    members' model and training (:data:`MEMBER_SECTIONS` of ``member_card``), evaluation (when the merge was
+    evaluated), usage."""
     method, options = report["method"], report.get("options") or {}
     formula = method_formula(method, options)
     lines = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity",
@@ -47,6 +54,9 @@ def render_merge_card(report: dict) -> str:
                   "| layer | " + " | ".join(groups) + " | dominant |", "|---|" + "---|" * (len(groups) + 1)]
         lines += [f"| {name} | " + " | ".join(_pct(v) for v in entry["dominant_fraction"])
                   + f" | {entry['dominant_group']} |" for name, entry in layers["layers"].items()]
+    sections = card_sections(member_card or "", MEMBER_SECTIONS)
+    if sections:
+        lines += ["", "## The members (from the last member's card)", "", *sections]
     evaluation = report.get("evaluation") or {}
     if evaluation.get("rows"):
         rows = evaluation["rows"]
@@ -63,7 +73,23 @@ def render_merge_card(report: dict) -> str:
 def write_merge_card(report: dict, directory: Path) -> None:
     from codiemb.utils.atomic import atomic_write_text
 
-    atomic_write_text(Path(directory) / CARD_FILE, render_merge_card(report))
+    member = Path(report["checkpoints"][-1]) / CARD_FILE if report.get("checkpoints") else None
+    member_card = member.read_text() if member is not None and member.is_file() else None
+    atomic_write_text(Path(directory) / CARD_FILE, render_merge_card(report, member_card))
+
+
+def card_sections(card: str, titles: tuple[str, ...]) -> list[str]:
+    """The lines of each ``## title`` section of a Markdown card, in card order (a title one level deeper)."""
+    kept, keep = [], False
+    for line in card.splitlines():
+        if line.startswith("## "):
+            keep = line.strip() in titles
+            line = "#" + line if keep else line
+        if keep:
+            kept.append(line)
+    while kept and not kept[-1].strip():
+        kept.pop()
+    return kept
 
 
 def _num(value) -> str:

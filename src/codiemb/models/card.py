@@ -1,7 +1,7 @@
 """Generated model cards (``README.md`` in every exported directory).
 
 The card states what a user needs to reproduce the embedding: base model, pooling formula, prompts,
-training data and sizes, task mix, losses, LoRA, merge method and an evaluation table, plus two ways
+training data and sizes, task mix, losses, LoRA and an evaluation table, plus two ways
 to load it (``SentenceTransformer(dir)``; ``AutoModel`` + the pooling written out). Front matter follows
 the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards).
 """
@@ -32,7 +32,6 @@ _POOLING_CODE = {
 def render_model_card(settings: Mapping[str, Any], embedding_dim: int, *, title: str | None = None,
                       datasets: Mapping[str, Mapping[str, Any]] | None = None, task_mix: str | None = None,
                       losses: Mapping[str, Any] | None = None, lora: Mapping[str, Any] | None = None,
-                      merge: Mapping[str, Any] | None = None,
                       evaluation: Mapping[str, Mapping[str, float]] | None = None,
                       training: Mapping[str, Any] | None = None) -> str:
     """Markdown card. ``datasets``: ``{name: {"task": ..., "rows": n}}``; ``losses``: ``{"ir": ..., "sts": ...}``
@@ -65,8 +64,6 @@ def render_model_card(settings: Mapping[str, Any], embedding_dim: int, *, title:
     recipe.update({k: v for k, v in (training or {}).items()})
     if lora:
         recipe["LoRA"] = ", ".join(f"{k}={v}" for k, v in lora.items() if k != "enabled")
-    if merge:
-        recipe["merge"] = ", ".join(f"{k}={v}" for k, v in merge.items())
     recipe = {k: v for k, v in recipe.items() if v not in (None, "")}
     if recipe:
         lines += ["## Training recipe", "", "| | |", "|---|---|"]
