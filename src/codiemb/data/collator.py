@@ -4,7 +4,9 @@ Batch layouts:
 
 * ``ir`` / ``mixed``: ``query`` tokens [B, Lq]; ``passages`` tokens [M, Lp] holding each row's positives then
   its hard negatives; ``positive_mask`` [B, M] marks each query's own positives (every other passage is a
-  candidate negative for it).
+  candidate negative for it). ``teacher_scores`` [B, M] (float32, only when a row of the batch has teacher scores):
+  the row's teacher score of each passage sampled for it (``pos_scores`` / ``neg_scores`` of the sampled index),
+  ``-inf`` elsewhere (other rows' passages, rows without teacher scores).
 * ``sts``: ``query`` = sentence 1 tokens, ``passages`` = sentence 2 tokens, ``scores`` in [0, 1]. Both sentences
   get the same prompt: the record's instruction when it has one (as the official code), else the query prompt.
 
@@ -77,34 +79,48 @@ class Collator:
             return batch
         batch["query"] = self._tokenize(queries, self.query_max_length)
         rng = random.Random(self.seed * 1_000_003 + position)  # same rows -> same negatives, on every run
-        passages, owners, positive = [], [], []
+        passages, owners, positive, teacher = [], [], [], []
         for i, record in enumerate(records):
-            for text, is_pos in self._passages_of(record, rng):
+            for text, is_pos, score in self._passages_of(record, rng):
                 passages.append(self._format(text, self.passage_prompt, None, self.passage_max_length,
                                              record.dataset))
                 owners.append(i)
                 positive.append(is_pos)
+                teacher.append(score)
         mask = torch.zeros(len(records), len(passages), dtype=torch.bool)
         for column, (owner, is_pos) in enumerate(zip(owners, positive)):
             mask[owner, column] = is_pos
         batch["passages"] = self._tokenize(passages, self.passage_max_length)
         batch["positive_mask"] = mask
+        if any(score is not None for score in teacher):
+            scores = torch.full((len(records), len(passages)), float("-inf"), dtype=torch.float32)
+            for column, (owner, score) in enumerate(zip(owners, teacher)):
+                if score is not None:
+                    scores[owner, column] = score
+            batch["teacher_scores"] = scores
         return batch
 
-    def _passages_of(self, record: Record, rng: random.Random) -> list[tuple[str, bool]]:
+    def _passages_of(self, record: Record, rng: random.Random) -> list[tuple[str, bool, float | None]]:
+        """``(text, is_positive, teacher score or None)`` of each passage drawn for ``record``."""
+        pos_scores, neg_scores = record.pos_scores, record.neg_scores
         if record.task == "sts":  # only reached in mixed batches
-            return [(record.positives[0], record.normalized_score >= self.sts_positive_threshold)]
-        positives = self._group(list(record.positives), self.max_positives, rng)
-        negatives = self._group(list(record.negatives), self.num_negatives, rng)
-        return [(p, True) for p in positives] + [(n, False) for n in negatives]
+            return [(record.positives[0], record.normalized_score >= self.sts_positive_threshold,
+                     None if pos_scores is None else pos_scores[0])]
+        # indices, not texts: a passage's teacher score goes with the draw (same draws as sampling the texts)
+        positives = self._group(range(len(record.positives)), self.max_positives, rng)
+        negatives = self._group(range(len(record.negatives)), self.num_negatives, rng)
+        return ([(record.positives[k], True, None if pos_scores is None else pos_scores[k]) for k in positives]
+                + [(record.negatives[k], False, None if neg_scores is None else neg_scores[k]) for k in negatives])
 
-    def _group(self, texts: list[str], size: int, rng: random.Random) -> list[str]:
-        if len(texts) > size:
-            return rng.sample(texts, size)
-        if self.fixed_group_size and 0 < len(texts) < size:
+    def _group(self, indices: range, size: int, rng: random.Random) -> list[int]:
+        """Which of ``indices`` (a row's positives or negatives) to use; ``random.sample`` draws positions, so
+        these are the draws sampling the texts themselves would make."""
+        if len(indices) > size:
+            return rng.sample(indices, size)
+        if self.fixed_group_size and 0 < len(indices) < size:
             # The official get_positives / get_negatives: enough copies of the list, then `size` of them.
-            return rng.sample(texts * -(-size // len(texts)), size)
-        return texts
+            return rng.sample(list(indices) * -(-size // len(indices)), size)
+        return list(indices)
 
     def _cap(self, text: str, max_length: int | None, dataset: str | None) -> str:
         """``text`` cut to ``max_length * CHARS_PER_TOKEN`` characters (warned once per dataset)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,9 @@ from codiemb.data.schema import _BLANK, TASKS, Record
 BLOCK_BYTES = 16 << 20
 _BLANK_RE = "^[" + "".join(f"\\x{{{ord(c):04x}}}" for c in _BLANK) + "]*$"
 _KNOWN = {"task": pa.string(), "query": pa.string(), "positives": pa.list_(pa.string()),
-          "negatives": pa.list_(pa.string()), "score": pa.float64(), "instruction": pa.string()}
+          "negatives": pa.list_(pa.string()), "score": pa.float64(), "instruction": pa.string(),
+          "pos_scores": pa.list_(pa.float64()), "neg_scores": pa.list_(pa.float64())}
+_SCORE_LISTS = ("pos_scores", "neg_scores")  # teacher scores: one finite number per positive / negative
 
 
 _CONTROL = bytes(c for c in range(0x20) if c != 0x0A)
@@ -114,10 +116,13 @@ def _accept(table: pa.Table, task: str | None, low: float, high: float) -> tuple
             cols[name] = pa.nulls(n, want)
             continue
         col = table.column(name).combine_chunks()
-        if pa.types.is_null(col.type) or (name == "score" and pa.types.is_integer(col.type)):
+        empty_texts = (name in ("positives", "negatives") and pa.types.is_list(col.type)
+                       and pa.types.is_null(col.type.value_type))
+        if pa.types.is_null(col.type) or (name == "score" and pa.types.is_integer(col.type)) or empty_texts:
             col = col.cast(want)
-        elif name in ("positives", "negatives") and pa.types.is_list(col.type) and pa.types.is_null(col.type.value_type):
-            col = col.cast(want)
+        elif name in _SCORE_LISTS and pa.types.is_list(col.type) and (
+                pa.types.is_null(col.type.value_type) or pa.types.is_integer(col.type.value_type)):
+            col = col.cast(want, safe=False)  # int64 -> float64 rounds as Python's float(int) does
         if col.type != want:
             return None
         cols[name] = col
@@ -137,10 +142,42 @@ def _accept(table: pa.Table, task: str | None, low: float, high: float) -> tuple
         one = pc.equal(pc.list_value_length(cols["positives"]), 1)
         ok &= ~sts | (pc.and_(in_range, one).fill_null(False).to_numpy(zero_copy_only=False))
     score = pc.if_else(pa.array(sts), cols["score"], pa.nulls(n, pa.float64()))
-    out = pa.table({"task": tasks, "query": cols["query"], "positives": cols["positives"],
-                    "negatives": cols["negatives"].fill_null(pa.scalar([], pa.list_(pa.string()))),
-                    "score": score, "instruction": cols["instruction"]})
+    negatives = cols["negatives"].fill_null(pa.scalar([], pa.list_(pa.string())))
+    scores_ok, neg_scores = _teacher_scores_ok(cols["pos_scores"], cols["neg_scores"], cols["positives"], negatives)
+    ok &= scores_ok
+    out = pa.table({"task": tasks, "query": cols["query"], "positives": cols["positives"], "negatives": negatives,
+                    "score": score, "instruction": cols["instruction"], "pos_scores": cols["pos_scores"],
+                    "neg_scores": neg_scores})
     return ok, out
+
+
+def _teacher_scores_ok(pos: pa.Array, neg: pa.Array, positives: pa.Array,
+                       negatives: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Per row: the teacher scores are valid as :func:`codiemb.data.schema._teacher_scores` decides (both null;
+    or one finite number per positive and per negative, ``neg_scores`` null allowed without negatives), and the
+    ``neg_scores`` column as the record keeps it (``[]`` for that null)."""
+    n = len(pos)
+    pos_given = pc.is_valid(pos).to_numpy(zero_copy_only=False)
+    neg_given = pc.is_valid(neg).to_numpy(zero_copy_only=False)
+    if not pos_given.any() and not neg_given.any():
+        return np.ones(n, bool), neg
+    negative_counts = pc.list_value_length(negatives).to_numpy(zero_copy_only=False)
+    neg_filled = pos_given & ~neg_given & (negative_counts == 0)  # schema: no negatives, no neg_scores needed
+    neg = pc.if_else(pa.array(neg_filled), pa.scalar([], pa.list_(pa.float64())), neg)
+    neg_given = neg_given | neg_filled
+    ok = pos_given == neg_given  # both or neither
+    for lists, counts in ((pos, pc.list_value_length(positives).fill_null(0).to_numpy(zero_copy_only=False)),
+                          (neg, negative_counts)):
+        lengths = pc.list_value_length(lists).fill_null(-1).to_numpy(zero_copy_only=False)
+        given = pc.is_valid(lists).to_numpy(zero_copy_only=False)
+        ok &= ~given | (lengths == counts)
+        flat = pc.list_flatten(lists)
+        if len(flat):  # every element a finite number (null, NaN and inf are Python's to name)
+            bad = np.zeros(n, bool)
+            finite = pc.is_finite(flat).fill_null(False).to_numpy(zero_copy_only=False)
+            np.logical_or.at(bad, pc.list_parent_indices(lists).to_numpy(zero_copy_only=False), ~finite)
+            ok &= ~bad
+    return ok, neg
 
 
 def jsonl_chunks(path: str, *, name: str, policy: RowPolicy, task: str | None = None,

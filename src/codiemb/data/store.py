@@ -45,14 +45,16 @@ from codiemb.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1  # bump when the table layout or the validation changes: old caches are then rebuilt
+STORE_VERSION = 2  # bump when the table layout or the validation changes: old caches are then rebuilt
 BATCH_ROWS = 16_384
 SCHEMA = pa.schema([("task", pa.string()), ("query", pa.string()), ("positives", pa.list_(pa.string())),
                     ("negatives", pa.list_(pa.string())), ("score", pa.float64()), ("instruction", pa.string()),
+                    # teacher scores (distillation): one per positive / negative; null when the row has none
+                    ("pos_scores", pa.list_(pa.float64())), ("neg_scores", pa.list_(pa.float64())),
                     ("length", pa.int32()),  # characters of the query + its longest passage (length grouping)
                     ("bucket", pa.int32())])  # holdout hash bucket of the query (codiemb.data.holdout)
 COLUMNS = SCHEMA.names
-ROW_SCHEMA = pa.schema(list(SCHEMA)[:6])  # what readers produce; length and bucket are derived
+ROW_SCHEMA = pa.schema(list(SCHEMA)[:8])  # what readers produce; length and bucket are derived
 
 
 def default_cache_dir() -> Path:
@@ -112,7 +114,8 @@ def _chunks(fmt: str, path: str, name: str, options: dict, policy: RowPolicy) ->
 def _records_table(records: list[Record]) -> pa.Table:
     return pa.table({"task": [r.task for r in records], "query": [r.query for r in records],
                      "positives": [r.positives for r in records], "negatives": [r.negatives for r in records],
-                     "score": [r.score for r in records], "instruction": [r.instruction for r in records]},
+                     "score": [r.score for r in records], "instruction": [r.instruction for r in records],
+                     "pos_scores": [r.pos_scores for r in records], "neg_scores": [r.neg_scores for r in records]},
                     schema=ROW_SCHEMA)
 
 
@@ -254,6 +257,10 @@ class Part:
         return self.table.data.table.column("length").to_numpy()[self.rows]
 
 
+def _scores(values: list | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(values)
+
+
 class RecordStore(Dataset):
     """All parts, concatenated; indexed by ``(position, row)`` pairs from the sampler. Rows are read from the
     mapped tables by index (``__getitems__`` reads a whole micro-batch with one ``take`` per part)."""
@@ -285,7 +292,8 @@ class RecordStore(Dataset):
             for k, row in zip(picked, part.table.data.fast_gather(table_rows).to_pylist()):
                 out[k] = Record(task=row["task"], query=row["query"], positives=tuple(row["positives"]),
                                 negatives=tuple(row["negatives"] or ()), score=row["score"], score_range=part.score_range,
-                                instruction=row["instruction"], dataset=part.name)
+                                instruction=row["instruction"], dataset=part.name,
+                                pos_scores=_scores(row["pos_scores"]), neg_scores=_scores(row["neg_scores"]))
         return [(int(position), record) for (position, _), record in zip(keys, out)]
 
     def records(self) -> Iterator[Record]:
