@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
-from codiemb.errors import CodiembError
+from codiemb.errors import CodiembError, RunInterrupted
 from codiemb.utils.summary import objective
 
 
@@ -21,6 +21,9 @@ def main(cfg: DictConfig) -> float | None:
 
     try:
         result = train(cfg)
+    except RunInterrupted as exc:  # SIGTERM / Ctrl-C: how to continue, and a non-zero exit (143 / 130)
+        print(f"codiemb: interrupted: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     except CodiembError as exc:  # bad data or an impossible config: one line saying what to change
         print(f"codiemb: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -29,4 +32,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from codiemb.run.run_dir import with_saved_overrides
+
+    sys.argv = with_saved_overrides(sys.argv)  # resume=auto hydra.run.dir=<run>: the run's own overrides first
     main()
+    from codiemb.sweep.fuse import FAILURES
+
+    sys.exit(1 if FAILURES else 0)  # a sweep whose fusion failed (said once, above) is not a success

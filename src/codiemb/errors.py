@@ -29,3 +29,11 @@ class ConfigError(CodiembError, ValueError):
 
 class MergeError(CodiembError, ValueError):
     """Checkpoints that cannot be merged (different architectures, tokenizers or shapes)."""
+
+
+class RunInterrupted(CodiembError, RuntimeError):
+    """A run stopped by a signal (SIGTERM from a scheduler, Ctrl-C): ``exit_code`` is 143 or 130, never 0."""
+
+    def __init__(self, message: str, exit_code: int):
+        self.exit_code = exit_code
+        super().__init__(message)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import signal as signal_module
 from pathlib import Path
 
 import lightning as L
@@ -88,3 +89,15 @@ class NanGradientAfter(NonFiniteAfter):
         self.calls += 1
         loss, components = self.loss(*args)
         return (_NanGradient.apply(loss) if self.calls >= self.call else loss), components
+
+
+class SignalAtStep(L.Callback):
+    """Send ``signal`` (SIGTERM as a scheduler does, SIGINT as Ctrl-C does) to this process after optimizer step
+    ``step``; unlike :class:`KillAtStep` the process may handle it."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal = int(step), getattr(signal_module, signal)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)

@@ -1,6 +1,7 @@
-"""What a finished run delivers: the last export's model card, the merge stage, the delivered (merged) model's
-validation scores and the loggers' merge event. Called by :func:`codiemb.run.train.train` on rank 0 after
-fitting."""
+"""What a finished run delivers: the last export's model card, every export's validation score and the best
+export, the merge stage, the delivered model (``deliver=merged``: the merged exports, or the last export with
+``merge=none``; ``deliver=best``: the best export, no merge) and its validation scores, and the loggers' merge
+event. Called by :func:`codiemb.run.train.train` on rank 0 after fitting."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-
-from codiemb.callbacks.checkpoint import PeriodicExport
+from codiemb.callbacks.checkpoint import PeriodicExport, export_step
 from codiemb.eval.scorer import validation_scorer
 from codiemb.run.loggers import is_wandb, log_merge_report
 from codiemb.run.plan import RunPlan
@@ -19,16 +18,64 @@ from codiemb.utils.timing import stage
 log = logging.getLogger(__name__)
 
 
-def deliver(plan: RunPlan, trainer: L.Trainer, module, export: PeriodicExport, result: dict[str, Any]) -> None:
+def deliver(plan: RunPlan, step: int, loggers, module, export: PeriodicExport, result: dict[str, Any]) -> None:
     """Describe the last export, merge the exports into ``<run>/merged`` and score it (``merge/val/...``, the
     delivered model's scores, added to ``result["metrics"]``)."""
     exports = export.all_exports()
     result["exports"] = [str(p) for p in exports]
-    describe_last_export(plan, trainer, module, result)
+    if plan.validation:
+        result["validation"] = dict(plan.validation)
+    describe_training(plan, export, exports, result)
+    describe_last_export(plan, step, module, result)
+    best = result.get("best_export")
+    if plan.deliver == "best" and best is not None:
+        result["merged"] = None
+        result["delivered"] = {"model": best["path"], "kind": "best export"}
+        return
     result["merged"], report = run_merge_stage(plan, export.base(), exports)
     result["metrics"].update(score_merged(plan.val_sets, result["merged"], report))
     if result["merged"]:
-        log_merge_event(trainer.loggers, trainer.global_step, Path(result["merged"]), report, result["metrics"])
+        result["delivered"] = {"model": result["merged"], "kind": "merged"}
+        log_merge_event(loggers, step, Path(result["merged"]), report, result["metrics"])
+    elif exports:
+        result["delivered"] = {"model": str(exports[-1]), "kind": "last export"}
+
+
+def describe_training(plan: RunPlan, export: PeriodicExport, exports: list[Path], result: dict[str, Any]) -> None:
+    """Every export's validation score (``export_scores``), the best export (highest ``val/mean``; the earliest
+    of equals) with its scores as ``best/val/...`` metrics, and whether early stopping ended the run. The scores
+    come from the validation callback's history (restored from the checkpoint on a resume)."""
+    peers = list(getattr(export, "peers", []))
+    history = next((dict(c.history) for c in peers if isinstance(getattr(c, "history", None), dict)), {})
+    if not history:  # a spawning strategy trained in other processes: their last checkpoint has the history
+        history = saved_validation_history(plan.checkpoint_dir / "last.ckpt")
+    scores = []
+    for path in exports:
+        values = history.get(export_step(path))
+        if values and "val/mean" in values:
+            scores.append({"step": export_step(path), "path": str(path), "val/mean": float(values["val/mean"])})
+    if scores:
+        best = max(scores, key=lambda s: s["val/mean"])
+        result["export_scores"], result["best_export"] = scores, best
+        result["metrics"].update({f"best/{k}": float(v) for k, v in history[best["step"]].items()})
+    stopper = next((c for c in peers if getattr(c, "stopped_at_step", None) is not None), None)
+    if stopper is not None:
+        result["early_stopping"] = {"step": stopper.stopped_at_step, "patience": stopper.patience,
+                                    "monitor": stopper.monitor, "best": float(stopper.best_score)}
+
+
+def saved_validation_history(ckpt: Path) -> dict[int, dict[str, float]]:
+    """The validation callback's history stored in a checkpoint (empty when there is none)."""
+    if not ckpt.is_file():
+        return {}
+    import torch
+
+    try:
+        states = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True).get("callbacks") or {}
+    except Exception:  # noqa: BLE001  (an unreadable checkpoint: no scores, the run is still delivered)
+        return {}
+    state = next((v for k, v in states.items() if "ValidationCallback" in str(k)), None) or {}
+    return {int(k): dict(v) for k, v in (state.get("history") or {}).items()}
 
 
 def run_merge_stage(plan: RunPlan, base: Path, checkpoints: list[Path]) -> tuple[str | None, dict]:
@@ -59,7 +106,7 @@ def score_merged(sets: list, merged: str | None, report: dict) -> dict[str, floa
     return {f"merge/{k}": float(v) for k, v in row.items() if k.startswith("val/") and isinstance(v, (int, float))}
 
 
-def describe_last_export(plan: RunPlan, trainer: L.Trainer, module, result: dict[str, Any]) -> None:
+def describe_last_export(plan: RunPlan, step: int, module, result: dict[str, Any]) -> None:
     """The final model card of the last export (data, losses, LoRA, steps, its validation scores). Written
     before the merge, so the merged model's card (rendered by the merge stage from its members' cards) is the
     same whether ``train.py`` or ``merge.py`` made it."""
@@ -72,7 +119,7 @@ def describe_last_export(plan: RunPlan, trainer: L.Trainer, module, result: dict
     update_model_card(result["exports"][-1], lora=lora_summary(module.encoder.backbone),
                       datasets={n: {"task": i.get("task"), "rows": i.get("rows")} for n, i in result["data"].items()},
                       task_mix=plan.card.get("task_mix"), losses=plan.card.get("losses"),
-                      training={"optimizer steps": trainer.global_step, "learning rate": plan.card.get("lr")},
+                      training={"optimizer steps": step, "learning rate": plan.card.get("lr")},
                       evaluation={"this model": final_val} if final_val else None)
 
 

@@ -42,7 +42,9 @@ def keep_row(row: dict, step: int) -> bool:
 
 
 class _HistoryWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (cut after ``resume_step``)."""
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued (cut after ``resume_step``),
+    and columns that another process added to the file are kept (under ``trainer=ddp_cpu_sim`` the spawned ranks
+    write the training rows; the launching process then adds the merge event and never saw their names)."""
 
     def __init__(self, log_dir: str, resume_step: int | None) -> None:
         self._resume_step = resume_step
@@ -63,6 +65,13 @@ class _HistoryWriter(ExperimentWriter):
         atomic_write_text(self.metrics_file_path, out.getvalue())
         self.metrics_keys = header
 
+    def save(self) -> None:
+        if self.metrics and os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as fh:
+                header = next(csv.reader(fh), [])
+            self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
+        super().save()
+
 
 class CSVLogger(_LightningCSVLogger):
     """``lightning.pytorch.loggers.CSVLogger`` whose history survives a resume (see the module docstring)."""
@@ -76,7 +85,7 @@ class CSVLogger(_LightningCSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None and self._resume_step is not None:
+        if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _HistoryWriter(log_dir=self.log_dir, resume_step=self._resume_step)
         return super().experiment

@@ -22,6 +22,7 @@ from typing import Any
 
 from codiemb.callbacks.checkpoint import PeriodicExport, carried_exports
 from codiemb.errors import ConfigError
+from codiemb.run.checkpoints import missing_exports, read_checkpoint
 from codiemb.run.loggers import resume_loggers
 from codiemb.run.plan import RunPlan
 from codiemb.run.run_dir import RunLock, discard_hydra_output, process_rank
@@ -53,25 +54,6 @@ def resolve_ckpt_path(plan: RunPlan, notes: list[str] | None = None) -> str | No
     if notes is not None:
         notes.append(note)
     return None
-
-
-def read_checkpoint(path: str) -> dict[str, Any]:
-    """What a resume needs from a Lightning checkpoint, without keeping its weights in memory."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:  # noqa: BLE001  (any unreadable file: say which and why, in one line)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path} is not a readable Lightning checkpoint ({reason}); point ckpt_path at a .ckpt "
-                          "file written by train.py") from None
-    if not isinstance(ckpt, dict) or "global_step" not in ckpt:
-        raise ConfigError(f"{path} is not a Lightning checkpoint (no global_step); point ckpt_path at a .ckpt file "
-                          "written by train.py")
-    callbacks = ckpt.get("callbacks") or {}
-    return {"path": str(path), "global_step": int(ckpt["global_step"]),
-            "sampler": (ckpt.get("CoDiEmbDataModule") or {}).get("sampler"),
-            "export": next((v for k, v in callbacks.items() if str(k).startswith("PeriodicExport")), None)}
 
 
 @dataclass
@@ -182,9 +164,10 @@ def open_run(plan: RunPlan) -> RunSession:
             raise
     if not ckpt_path:
         return session
-    session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path)
+    session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path, plan.output_dir)
     session.finished = _finished(plan, session)
     if session.finished is None:
+        _check_model(plan, session)
         _check_merge_base(plan, session)
     else:
         discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
@@ -229,6 +212,29 @@ def _finished(plan: RunPlan, session: RunSession) -> dict[str, Any] | None:
     return result
 
 
+def _check_model(plan: RunPlan, session: RunSession) -> None:
+    """A resume into its own run directory trains the model that run started with (``.hydra/config.yaml``):
+    another ``model`` would not load the checkpoint's weights, or would silently train another model."""
+    from omegaconf import OmegaConf
+
+    saved_file = plan.output_dir / ".hydra" / "config.yaml"
+    if not saved_file.is_file() or plan.output_dir.resolve() not in Path(session.ckpt_path).resolve().parents:
+        return
+    saved = OmegaConf.to_container(OmegaConf.load(saved_file).get("model") or {}, resolve=False)
+    now = OmegaConf.to_container(plan.nodes["model"], resolve=False)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if not changed:
+        return
+    what = "; ".join(f"model.{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+    if plan.allow_changes:
+        note = f"resume_allow_changes=true: continuing {session.ckpt_path} with another model ({what})"
+        log.warning(note)
+        session.notes.append(note)
+        return
+    raise ConfigError(f"{session.ckpt_path} was trained with another model ({what}); resume with the run's own "
+                      "model (drop the model override), or start a new run")
+
+
 def _check_merge_base(plan: RunPlan, session: RunSession) -> None:
     """A resumed run merges onto the pre-trained weights of its first start; refuse when they are gone."""
     if not plan.merges:
@@ -239,7 +245,13 @@ def _check_merge_base(plan: RunPlan, session: RunSession) -> None:
                 "and earlier exports")
         log.warning(note)
         session.notes.append(note)
-    initial, _ = carried_exports(ckpt["export"], session.ckpt_path, ckpt["global_step"])
+    initial, found = carried_exports(ckpt["export"], session.ckpt_path, ckpt["global_step"])
+    missing = missing_exports(ckpt["export"], found, ckpt["global_step"])
+    if missing:
+        steps = ", ".join(f"step {step} ({path})" for step, path in missing)
+        raise ConfigError(f"the merge set of {session.ckpt_path} lists exports that are gone: {steps}; merging "
+                          "without them would deliver another model than the uninterrupted run; restore them, or "
+                          "resume with merge=none")
     if initial is None:
         wanted = (ckpt["export"] or {}).get("initial") or str(Path(session.ckpt_path).parent / "initial")
         raise ConfigError(f"the merge base of {session.ckpt_path} ({wanted}, the pre-trained weights the run started "

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -200,3 +201,36 @@ def wandb_run_id(run_dir: str) -> str:
             alphabet = string.ascii_lowercase + string.digits
             _wandb_ids[key] = "".join(secrets.choice(alphabet) for _ in range(8))
     return _wandb_ids[key]
+
+
+def with_saved_overrides(argv: list[str]) -> list[str]:
+    """``python train.py resume=auto hydra.run.dir=<run>`` composes the run's own config: the overrides it was
+    started with (``<run>/.hydra/overrides.yaml``) go before the typed ones, which win where they name the same
+    key (a changed model, data or sampler is then refused by the resume's change checks). Other command lines
+    are returned as they are."""
+    args = argv[1:]
+    if any(a in ("-m", "--multirun") for a in args) or "resume=auto" not in args:
+        return argv
+    run_dir = next((a.split("=", 1)[1] for a in args if a.startswith("hydra.run.dir=")), None)
+    saved_file = Path(run_dir, HYDRA_SUBDIR, "overrides.yaml") if run_dir else None
+    if saved_file is None or not saved_file.is_file():
+        return argv
+    import yaml
+
+    def key(override: str) -> str:
+        return override.split("=", 1)[0].lstrip("+~")
+
+    typed = {key(a) for a in args if not a.startswith("-")}
+
+    def covers(k: str, override: str) -> bool:  # typed `callbacks.x` (or `~callbacks.x`) covers `callbacks.x.step`
+        return key(override) == k or key(override).startswith(k + ".")
+
+    stored = [str(o) for o in yaml.safe_load(saved_file.read_text()) or []]
+    saved = [o for o in stored if not any(covers(k, o) for k in typed)]
+    # a typed `~x` whose node only the saved `+x...` overrides added: dropping those is the whole deletion
+    args = [a for a in args if not (a.startswith("~") and any(covers(key(a), o) and o.startswith("+")
+                                                                for o in stored))]
+    if saved:
+        print(f"resume=auto: composing {run_dir}'s config again with its overrides {' '.join(saved)}",
+              file=sys.stderr, flush=True)
+    return [argv[0], *saved, *args]

@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from codiemb.callbacks.checkpoint import PeriodicExport
-from codiemb.errors import ConfigError
+from codiemb.errors import ConfigError, RunInterrupted
 from codiemb.run.delivery import deliver
 from codiemb.run.loggers import finish_loggers
 from codiemb.run.plan import RunPlan, build_plan
@@ -72,8 +72,13 @@ def _fit(plan: RunPlan, session: RunSession, started: float) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams(plan.hyperparameters)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
-    session.after_fit(trainer.global_step, plan.limits)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=session.ckpt_path)
+    except SystemExit as exc:  # Lightning ends a fit on SIGTERM (code None) and on Ctrl-C (code 1) this way
+        finish_loggers(trainer.loggers)
+        raise interrupted(exc, plan, trainer.global_step) from None
+    step = final_step(trainer, plan)
+    session.after_fit(step, plan.limits)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if not trainer.is_global_zero:
         finish_loggers(trainer.loggers)
@@ -83,13 +88,37 @@ def _fit(plan: RunPlan, session: RunSession, started: float) -> dict[str, Any]:
     result: dict[str, Any] = {"metrics": metrics, "output_dir": str(plan.output_dir), "data": datamodule.load_report,
                               "precision": plan.precision_line, "warnings": session.notes}
     if export is not None:
-        deliver(plan, trainer, module, export, result)  # merge, score and describe the delivered model
+        deliver(plan, step, trainer.loggers, module, export, result)  # merge, score, describe what is delivered
     result["wall_time_s"] = time.perf_counter() - started
     write_summary(result, plan.output_dir, plan.overrides)
-    session.finish(trainer.global_step, plan.limits, result)  # checkpoints/finished.json; releases the directory
+    session.finish(step, plan.limits, result)  # checkpoints/finished.json; releases the directory
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result
+
+
+def final_step(trainer: L.Trainer, plan: RunPlan) -> int:
+    """The optimizer step training ended at. Under a spawning strategy (``trainer=ddp_cpu_sim``) the ranks
+    trained and this launching process's trainer never counted: its ``last.ckpt`` says."""
+    last = plan.checkpoint_dir / "last.ckpt"
+    if trainer.global_step or not last.is_file():
+        return trainer.global_step
+    from codiemb.run.checkpoints import load
+
+    return int(load(last)["global_step"])
+
+
+def interrupted(exc: SystemExit, plan: RunPlan, step: int) -> RunInterrupted:
+    """What an interrupted run says: where it stopped, what a resume continues from, the command that does it;
+    exit 143 for SIGTERM (a scheduler's stop), 130 for Ctrl-C. Never 0: a `train.py && eval.py` chain stops."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    signal, code = ("SIGTERM", 143) if isinstance(exc, SIGTERMException) else ("Ctrl-C", 130)
+    last = plan.checkpoint_dir / "last.ckpt"
+    kept = f"the last checkpoint ({last}) holds the work up to its step" if last.is_file() else \
+        "no checkpoint was written yet, so a resume starts from the beginning"
+    return RunInterrupted(f"run {plan.output_dir} stopped by {signal} at step {step}; {kept}; continue it with: "
+                          f"python train.py resume=auto hydra.run.dir={plan.output_dir}", exit_code=code)
 
 
 def drop_duplicate_lightning_console() -> None:

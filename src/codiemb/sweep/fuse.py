@@ -13,6 +13,7 @@ A thin adapter: finding runs, choosing exports and checking the common base live
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+# What failed at the end of this process's sweeps; train.py exits non-zero when it is not empty.
+FAILURES: list[str] = []
 
 
 class FuseRuns(Callback):
@@ -44,9 +47,10 @@ class FuseRuns(Callback):
         try:
             report = merge_from_config(merge_cfg, evaluate_fn=validation_scorer(sets) if evaluate else None,
                                        user_overrides=[f"merge.{k}" for k in self.options])
-        except CodiembError as exc:
-            print(f"codiemb: error: fusing the sweep's runs: {exc}", flush=True)
-            raise
+        except CodiembError as exc:  # Hydra would only warn about a raising callback, and the sweep exit 0
+            FAILURES.append(f"fusing the sweep's runs: {exc}")
+            print(f"codiemb: error: {FAILURES[-1]}", file=sys.stderr, flush=True)
+            return
         lines = [f"fused {len(report['checkpoints'])} exports of {len(report['layers']['groups'])} runs "
                  f"({self.method}, select={self.select}) into {output}", format_layers(report["layers"])]
         if report.get("evaluation"):
