@@ -17,14 +17,17 @@ os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__))
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from codiemb.run.run_dir import record_in_log_files
     from codiemb.run.train import train
 
     try:
         result = train(cfg)
     except RunInterrupted as exc:  # SIGTERM / Ctrl-C: how to continue, and a non-zero exit (143 / 130)
+        record_in_log_files(f"codiemb: interrupted: {exc}")
         print(f"codiemb: interrupted: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
     except CodiembError as exc:  # bad data or an impossible config: one line saying what to change
+        record_in_log_files(f"codiemb: error: {exc}")  # train.log says why the run stopped
         print(f"codiemb: error: {exc}", file=sys.stderr)
         sys.exit(1)
     # Returned so Hydra sweepers (Optuna) can optimise it: the delivered (merged) model's score by default.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import socket
 import time
 from pathlib import Path
 
@@ -24,9 +25,24 @@ def test_offline_unless_a_key_is_configured(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     assert wandb_offline() is True
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    assert wandb_offline() is False
+    with socket.create_server(("127.0.0.1", 0)) as server:  # a W&B server that answers
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert wandb_offline() is False
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert wandb_offline() is True
+
+
+def test_a_key_without_network_falls_back_to_offline_within_seconds(monkeypatch, caplog):
+    """With WANDB_API_KEY set and no network, logger=wandb waited 112 s, then raised a CommError."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]  # closed again below: nothing listens there
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    assert wandb_offline() is True
+    assert time.perf_counter() - started < 5
+    assert any("logging offline instead" in r.getMessage() for r in caplog.records)
 
 
 def test_many_loggers_record_losses_sampler_events_merge_and_media(compose_cfg, monkeypatch):

@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -176,20 +176,23 @@ def mine_records(records: Sequence[Record], encoder, *, corpus: Sequence[str] = 
     for record, negatives in zip(records, mined):
         kept = list(record.negatives) if keep_existing_negatives else []
         new = list(dict.fromkeys(kept + [texts[i] for i, _ in negatives]))
-        out.append(replace(record, negatives=tuple(new), meta={**record.meta,
-                                                               "mined_scores": [s for _, s in negatives]}))
+        # the negatives changed: teacher scores the input carried no longer line up (score_records sets new ones)
+        out.append(replace(record, negatives=tuple(new), pos_scores=None, neg_scores=None,
+                           meta={**record.meta, "mined_scores": [s for _, s in negatives]}))
     return out
 
 
 def write_jsonl(records: Sequence[Record], path, *, with_scores: bool = False) -> None:
-    """Unified JSONL (``task``, ``query``, ``positives``, ``negatives`` [, ``instruction``]), written
-    atomically."""
+    """Unified JSONL (``task``, ``query``, ``positives``, ``negatives`` [, ``instruction``] [, ``pos_scores``,
+    ``neg_scores``: teacher scores, when the records have them]), written atomically."""
     lines = []
     for r in records:
         row = {"task": r.task, "query": r.query, "positives": list(r.positives),
                "negatives": list(r.negatives)}
         if r.instruction:
             row["instruction"] = r.instruction
+        if r.pos_scores is not None:
+            row["pos_scores"], row["neg_scores"] = list(r.pos_scores), list(r.neg_scores or ())
         if with_scores and "mined_scores" in r.meta:
             row["mined_scores"] = [round(s, 5) for s in r.meta["mined_scores"]]
         lines.append(json.dumps(row, ensure_ascii=False))
@@ -211,13 +214,17 @@ def mine_dataset(*, model_path: str, input_format: str, input_path: str, output:
                  split: str | None = None,
                  corpus_path: str | None = None, name: str = "mined", reader_options: dict | None = None,
                  encoder_options: dict | None = None, limit: int | None = None, with_scores: bool = False,
-                 **options) -> MiningReport:
+                 teacher: str | None = None, **options) -> MiningReport:
     """Read ``input_path`` with the ``input_format`` reader, mine against its own passages plus the BEIR
     corpus of ``corpus_path`` (default: ``input_path`` itself when the format is ``beir``), and write
-    ``output``."""
+    ``output``. With ``teacher`` (a sentence-transformers bi-encoder or cross-encoder directory,
+    :mod:`codiemb.models.teacher`), every row also gets ``pos_scores`` / ``neg_scores`` for distillation."""
     from codiemb.data.readers import read_dataset
     from codiemb.models.encoder import Encoder
 
+    batch_size = options.get("batch_size", 64)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 (texts encoded at a time)")
     read = read_dataset(input_format, input_path, name=name, split=split, task="ir", **(reader_options or {}))
     log.info(read.summary(name))
     records = read.records[:limit] if limit else read.records
@@ -228,6 +235,14 @@ def mine_dataset(*, model_path: str, input_format: str, input_path: str, output:
     encoder = Encoder.from_pretrained(model_path, **(encoder_options or {})).eval()
     report = MiningReport()
     mined = mine_records(records, encoder, corpus=corpus, report=report, **options)
+    if teacher:
+        from codiemb.models.teacher import load_teacher, score_records
+
+        started = time.perf_counter()
+        del encoder  # one model in memory at a time
+        mined = score_records(mined, load_teacher(teacher), batch_size=options.get("batch_size", 64),
+                              show_progress=options.get("show_progress", True))
+        report.seconds["teacher"] = round(time.perf_counter() - started, 1)
     write_jsonl(mined, output, with_scores=with_scores)
     log.info("%s -> %s: %s", input_path, output, report.summary())
     return report

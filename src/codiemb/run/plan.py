@@ -76,6 +76,9 @@ def build_plan(cfg: DictConfig) -> RunPlan:
     check.check_numbers(select, warnings)
     for group in ("logger", "callbacks"):
         check.check_targets(cfg.get(group), group)
+    for node in ("module", "trainer"):
+        check.check_node(cfg.get(node), node)
+    check.check_seed(cfg.get("seed"))
     merge = check.check_merge(cfg.get("merge"))
     callbacks = cfg.get("callbacks") or {}
     val_sets, validation = choose_val_sets(cfg, overrides)

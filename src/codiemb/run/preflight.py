@@ -95,31 +95,44 @@ def check_numbers(select: Select, warnings: list[str]) -> None:
 
 
 def check_targets(group: DictConfig | None, name: str) -> None:
-    """Every ``_target_`` imports and accepts the options given to it."""
-    if not group:
+    """Every ``_target_`` of a group (``logger``, ``callbacks``) imports and accepts the options given to it."""
+    for key, entry in (group or {}).items():
+        if isinstance(entry, DictConfig) and "_target_" in entry:
+            check_node(entry, f"{name}.{key}")
+
+
+def check_node(entry: DictConfig | None, label: str) -> None:
+    """One instantiated node (a logger, a callback, ``module``, ``trainer``): its ``_target_`` imports and takes
+    every option given to it (``+module.bogus=1`` fails here, not after the data has loaded)."""
+    if entry is None or "_target_" not in entry:
         return
-    for key, entry in group.items():
-        if not isinstance(entry, DictConfig) or "_target_" not in entry:
-            continue
-        target = entry["_target_"]
-        module_name, _, attr = str(target).rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except ImportError as exc:
-            raise ConfigError(f"{name}.{key}: cannot import {target} ({exc}); install the package it needs "
-                              f"or remove it with ~{name}.{key}") from None
-        except AttributeError:
-            raise ConfigError(f"{name}.{key}: {target} does not exist") from None
-        try:
-            params = inspect.signature(obj).parameters
-        except (TypeError, ValueError):
-            continue
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            continue
-        unknown = sorted(k for k in entry if not str(k).startswith("_") and k not in params)
-        if unknown:
-            raise ConfigError(f"{name}.{key}: {attr} takes no option {', '.join(map(repr, unknown))}; "
-                              f"its options are {', '.join(p for p in params if p not in ('self', 'args'))}")
+    target = entry["_target_"]
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except ImportError as exc:
+        raise ConfigError(f"{label}: cannot import {target} ({exc}); install the package it needs "
+                          f"or remove it with ~{label}") from None
+    except AttributeError:
+        raise ConfigError(f"{label}: {target} does not exist") from None
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in entry if not str(k).startswith("_") and k not in params)
+    if unknown:
+        raise ConfigError(f"{label}: {attr} takes no option {', '.join(map(repr, unknown))}; "
+                          f"its options are {', '.join(p for p in params if p not in ('self', 'args'))}")
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` is null or an integer numpy and torch accept (0 .. 2**32 - 1)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} must be an integer from 0 to {2**32 - 1} (or null for no seeding)")
 
 
 def check_merge(merge_cfg: DictConfig | None) -> dict | None:

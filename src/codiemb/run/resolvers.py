@@ -8,24 +8,45 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import netrc
 import os
+import socket
+from urllib.parse import urlparse
 
 from omegaconf import OmegaConf
 
 from codiemb.run.run_dir import hydra_subdir, unique_dir, wandb_run_id
 
+log = logging.getLogger(__name__)
+
 
 def wandb_offline() -> bool:
-    """W&B runs offline unless an API key is configured, so a run never hangs waiting for a network."""
+    """W&B runs offline unless an API key is configured and its server answers within seconds, so a run never
+    hangs waiting for a network (with a key and no network, wandb itself waited 112 s, then raised)."""
     if os.environ.get("WANDB_MODE") == "offline":
         return True
-    if os.environ.get("WANDB_API_KEY"):
-        return False
+    if not os.environ.get("WANDB_API_KEY"):
+        try:
+            if netrc.netrc().authenticators("api.wandb.ai") is None:
+                return True
+        except (FileNotFoundError, netrc.NetrcParseError):
+            return True
+    return not wandb_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+
+
+@functools.lru_cache(maxsize=8)
+def wandb_reachable(base_url: str, timeout: float = 3.0) -> bool:
+    """One TCP connection to the W&B server; warns once per server when it fails."""
+    url = urlparse(base_url)
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is None
-    except (FileNotFoundError, netrc.NetrcParseError):
-        return True
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError as exc:
+        log.warning("W&B: an API key is configured but %s cannot be reached (%s); logging offline instead (sync "
+                    "later with `wandb sync <run dir>/wandb`)", url.hostname, exc)
+        return False
 
 
 def register() -> None:

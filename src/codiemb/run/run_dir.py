@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -234,3 +235,13 @@ def with_saved_overrides(argv: list[str]) -> list[str]:
         print(f"resume=auto: composing {run_dir}'s config again with its overrides {' '.join(saved)}",
               file=sys.stderr, flush=True)
     return [argv[0], *saved, *args]
+
+
+def record_in_log_files(message: str, level: int = logging.ERROR) -> None:
+    """Write ``message`` to the run's log files only (Hydra's ``<run dir>/train.log``), not to the console, where
+    the entry script prints it itself: a refused run's log then says why it stopped instead of being empty."""
+    root = logging.getLogger()
+    record = root.makeRecord("codiemb", level, __file__, 0, message, None, None)
+    for handler in root.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)

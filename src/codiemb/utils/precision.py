@@ -89,6 +89,9 @@ def choose_precision(accelerator: str = "cpu") -> PrecisionChoice:
 def resolve_trainer_precision(value, accelerator: str = "cpu") -> tuple[str | int, str]:
     """``trainer.precision``: ``auto`` becomes ``bf16-mixed`` or ``32-true``; other values pass unchanged.
     Returns the value and a line for the log and the run summary."""
+    if str(value) in ("16-mixed", "16") and accelerator == "cpu":  # what Lightning would run, said as such
+        return "bf16-mixed", (f"bf16-mixed (trainer.precision={value} asked for fp16 autocast, which CPUs do not "
+                              "run; Lightning would silently use bf16-mixed)")
     if str(value) != AUTO:
         return value, f"{value} (set explicitly)"
     choice = choose_precision(accelerator)
