@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> dict:
         return run_eval(cfg.model_path, cfg.eval.sets, cfg.paths.output_dir, compare_with=cfg.get("compare_with"),
                         batch_size=cfg.batch_size, geometry=cfg.report.geometry,
                         geometry_max_pairs=cfg.report.max_pairs, device=cfg.get("device"),
-                        precision=cfg.get("precision", "auto"))
+                        precision=cfg.get("precision", "auto"), truncate_dim=cfg.get("truncate_dim"))
     except CodiembError as exc:  # not a model, a bad eval set: one line saying what to change
         print(f"codiemb: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -68,13 +68,16 @@ def load_encoder(path: str, device: str | None = None):
 
 def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str | None = None,
              batch_size: int = 64, geometry: bool = False, geometry_max_pairs: int = 2000,
-             device: str | None = None, precision: str | None = "fp32") -> dict:
+             device: str | None = None, precision: str | None = "fp32", truncate_dim: int | None = None) -> dict:
     """Evaluate; the base/reference model (``compare_with``) comes first so deltas read trained - base.
-    ``precision``: fp32 | bf16 | auto (bf16 where the device computes it natively, codiemb.utils.precision)."""
+    ``precision``: fp32 | bf16 | auto (bf16 where the device computes it natively, codiemb.utils.precision).
+    ``truncate_dim``: score every model on the first ``truncate_dim`` coordinates of its embeddings,
+    L2-re-normalised (a Matryoshka model's smaller sizes); recorded in ``results.json``."""
     from codiemb.utils.precision import autocast_dtype, resolve_short_precision
 
     check_eval_options(batch_size=batch_size, precision=precision, device=device, geometry=geometry,
                        geometry_max_pairs=geometry_max_pairs)
+    check_truncate_dim(truncate_dim)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     chosen = resolve_short_precision(precision, "cuda" if str(device).startswith("cuda") else "cpu")
     encode_kwargs = {"autocast_dtype": autocast_dtype(chosen)}
@@ -91,10 +94,13 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
     for path in paths:
         label = model_label(path, set(models))
         encoder = load_encoder(path, device)
+        if truncate_dim is not None:
+            check_truncate_dim(truncate_dim, encoder.embedding_dim, path)
+            encoder.truncate_dim = int(truncate_dim)
         results = evaluate(encoder, specs, batch_size=batch_size, cache=cache, **encode_kwargs)
         models[label] = {"path": str(path), "sets": results, "summary": summarize(results, specs)}
         encoders[label] = encoder
-    extra = {}
+    extra = {} if truncate_dim is None else {"truncate_dim": int(truncate_dim)}
     if geometry:
         extra["geometry"] = geometry_report(encoders, specs, cache, Path(output_dir), batch_size=batch_size,
                                             max_pairs=geometry_max_pairs)
@@ -102,8 +108,21 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
     print(table)
     if geometry:
         print(json.dumps(extra["geometry"], indent=1))
-    print(f"precision {chosen}; results written to {Path(output_dir).resolve()}", flush=True)
+    size = "" if truncate_dim is None else f"; embeddings truncated to {int(truncate_dim)} (re-normalised)"
+    print(f"precision {chosen}{size}; results written to {Path(output_dir).resolve()}", flush=True)
     return {"models": models, **extra}
+
+
+def check_truncate_dim(value, embedding_dim: int | None = None, path: str | None = None) -> None:
+    """``truncate_dim``: null, or a positive integer no larger than the model's embedding dimension."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"truncate_dim={value!r} must be a positive integer (a size the model was trained for, "
+                          "e.g. 128) or null")
+    if embedding_dim is not None and value > embedding_dim:
+        raise ConfigError(f"truncate_dim={value} is larger than the embedding dimension {embedding_dim} of "
+                          f"{path}; use a size <= {embedding_dim}")
 
 
 def geometry_report(encoders: dict, specs, cache: dict, output_dir: Path, *, batch_size: int = 64,

@@ -55,7 +55,7 @@ def render_model_card(settings: Mapping[str, Any], embedding_dim: int, *, title:
                      f"| max length (query / passage) | {settings.get('max_query_length')} / "
                      f"{settings.get('max_passage_length')} |",
                      f"| bidirectional attention (decoders) | {settings.get('bidirectional', False)} |",
-                     f"| prompt tokens in mean pooling | {_pools_prompt(settings)} |", ""]
+                     f"| prompt tokens in mean pooling | {_pools_prompt(settings)} |"] + _matryoshka_row(settings) + [""]
     if datasets:
         lines += ["## Training data", "", "| data set | task | rows |", "|---|---|---|"]
         lines += [f"| {name} | {info.get('task', '')} | {info.get('rows', '')} |" for name, info in datasets.items()]
@@ -98,7 +98,7 @@ def _usage(settings: Mapping[str, Any]) -> list[str]:
              'q = model.encode(["how do I reset my password"], prompt_name="query")',
              'd = model.encode(["Open Settings > Account > Reset password."]'
              + (', prompt_name="document")' if settings.get("passage_prompt") else ")"),
-             "print(model.similarity(q, d))", "```", "",
+             "print(model.similarity(q, d))"] + _matryoshka_usage(settings) + ["```", "",
              f"With plain transformers (the pooling is `{pooling}`; prepend the query prompt to queries yourself):", "",
              "```python", "import torch", "from transformers import AutoModel, AutoTokenizer", "",
              'tok = AutoTokenizer.from_pretrained("path/to/this/dir")',
@@ -112,6 +112,23 @@ def _usage(settings: Mapping[str, Any]) -> list[str]:
                   "`AutoModel` apply the causal mask and give different embeddings; load it with "
                   "`codiemb.models.encoder.Encoder.from_pretrained(dir)`, which restores the full mask."]
     return lines
+
+
+def _matryoshka_row(settings: Mapping[str, Any]) -> list[str]:
+    """The leading sizes a Matryoshka loss trained (``loss.matryoshka_dims``), when it did."""
+    dims = settings.get("matryoshka_dims")
+    if not dims:
+        return []
+    return [f"| Matryoshka sizes (trained; truncate + re-normalise) | {', '.join(str(d) for d in dims)} |"]
+
+
+def _matryoshka_usage(settings: Mapping[str, Any]) -> list[str]:
+    dims = settings.get("matryoshka_dims")
+    if not dims:
+        return []
+    small = min(dims)
+    return ["", f"# also trained at sizes {', '.join(str(d) for d in dims)}: smaller, faster vectors",
+            f'small = SentenceTransformer("path/to/this/dir", truncate_dim={small})']
 
 
 def _pools_prompt(settings: Mapping[str, Any]) -> bool:

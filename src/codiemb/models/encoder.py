@@ -28,11 +28,16 @@ from codiemb.utils.atomic import atomic_directory
 class Encoder(nn.Module):
     """Backbone + pooling. ``forward`` works on token tensors; ``encode`` on raw texts."""
 
+    # encode() only (inference, like SentenceTransformer(truncate_dim=...)): the first truncate_dim coordinates,
+    # L2-re-normalised; eval.py truncate_dim=<d> sets it. None = the full embedding.
+    truncate_dim: int | None = None
+
     def __init__(self, backbone: nn.Module, tokenizer, *, pooling: str = "mean", normalize: bool = True,
                  query_prompt: str = "", passage_prompt: str = "",
                  instruction_template: str = DEFAULT_INSTRUCTION_TEMPLATE,
                  max_query_length: int = 64, max_passage_length: int = 256, base_model: str = "",
-                 bidirectional: bool = False, pool_prompt: bool = False):
+                 bidirectional: bool = False, pool_prompt: bool = False,
+                 matryoshka_dims: Sequence[int] | None = None):
         super().__init__()
         if pooling not in POOLING_MODES:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLING_MODES}")
@@ -46,6 +51,8 @@ class Encoder(nn.Module):
         # False: mean pooling leaves the prompt / instruction tokens out (features["prompt_length"]), as the
         # official CoDiEmb code does; CLS and last-token pooling are unaffected.
         self.pool_prompt = pool_prompt
+        # the leading sizes a Matryoshka loss trained (loss.matryoshka_dims), saved in codiemb.json and the card
+        self.matryoshka_dims = tuple(matryoshka_dims) if matryoshka_dims else None
         self._prompt_lengths: dict[str, int] = {}
 
     # ----------------------------------------------------------------- loading
@@ -83,6 +90,7 @@ class Encoder(nn.Module):
             "base_model": saved.get("base_model", str(name_or_path)),
             "bidirectional": saved.get("bidirectional", False) if bidirectional is None else bool(bidirectional),
             "pool_prompt": saved.get("pool_prompt", bool(saved)) if pool_prompt is None else bool(pool_prompt),
+            "matryoshka_dims": saved.get("matryoshka_dims"),
         }
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         if padding_side:
@@ -197,7 +205,7 @@ class Encoder(nn.Module):
         order = sorted(range(len(formatted)), key=lambda i: -len(formatted[i]))
         device = next(self.parameters()).device
         # each batch is written straight to its rows: a large corpus is held once, not as chunks + a copy
-        result = torch.empty(len(texts), self.embedding_dim)
+        result = torch.empty(len(texts), self.truncate_dim or self.embedding_dim)
         starts = range(0, len(order), batch_size)
         if show_progress:
             from tqdm.auto import tqdm
@@ -207,7 +215,10 @@ class Encoder(nn.Module):
             features = self.tokenize([formatted[i] for i in rows], kind, [lengths[i] for i in rows])
             features = {k: v.to(device) for k, v in features.items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                result[torch.tensor(rows)] = self(features).float().cpu()
+                emb = self(features).float()
+                if self.truncate_dim:
+                    emb = F.normalize(emb[:, :self.truncate_dim], dim=-1)
+                result[torch.tensor(rows)] = emb.cpu()
         self.train(was_training)
         return result
 
@@ -221,7 +232,8 @@ class Encoder(nn.Module):
                 "passage_prompt": self.passage_prompt, "instruction_template": self.instruction_template,
                 "max_query_length": self.max_query_length, "max_passage_length": self.max_passage_length,
                 "base_model": self.base_model, "bidirectional": self.bidirectional,
-                "pool_prompt": self.pool_prompt}
+                "pool_prompt": self.pool_prompt,
+                **({"matryoshka_dims": list(self.matryoshka_dims)} if self.matryoshka_dims else {})}
 
     def save(self, directory: str | Path, extra_files: dict[str, str] | None = None,
              card: dict | None = None) -> Path:
