@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.utils.quiet  # noqa: F401  (drops known third-party console noise)
 
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.utils.quiet  # noqa: F401  (drops known third-party console noise)
 
 # Paths in the configs are relative to this directory (configs/paths/default.yaml).
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))

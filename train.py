@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 import codiemb.run.resolvers  # noqa: F401  (registers the resolvers the configs use)
+import codiemb.utils.quiet  # noqa: F401  (drops known third-party console noise)
 from codiemb.errors import CodiembError, RunInterrupted
 from codiemb.utils.summary import objective
 
