@@ -24,7 +24,7 @@ def test_default_config_composes_to_the_offline_defaults(compose_cfg):
 
 
 def test_the_default_run_draws_length_grouped_steps(compose_cfg, tmp_path):
-    """Measured on the real recipe (BENCHMARKS.md 8c) first: 1.18x faster, the same scores."""
+    """Measured on the real recipe (BENCHMARKS.md, section 2.3) first: 1.18x faster, the same scores."""
     from hydra.utils import instantiate
 
     cfg = compose_cfg([f"data.cache_dir={tmp_path}"])

@@ -7,7 +7,7 @@ validation during training: ``val=guard``). ``configs/eval/guard.yaml`` lists it
 * STS, one set per *source*: the three SemEval 2012 train sources (MSRpar, MSRvid, SMTeuroparl) and the
   three STS-B genres of the dev split (news, captions, forum). A source set is out-of-distribution for a
   run that did not train on it: for ``experiment=real_cpu`` (STS-B train + STS12 train) none of them is,
-  so leave-one-source-out runs (:func:`loso_splits`, ``bench/guard_factors.py --loso``) train without one
+  so leave-one-source-out runs (:func:`loso_splits`, ``bench/studies/guard_factors.py --loso``) train without one
   source and read that source only. STS-B train contains most of STS12's MSRpar and MSRvid pairs, so
   only SMTeuroparl is unseen by a run that trains on STS-B.
 * SNLI test read as graded relatedness (Spearman) and MRPC test as a paraphrase check (task ``pairs``:
