@@ -16,7 +16,8 @@ from codiemb.data.collator import Collator
 from codiemb.data.schema import Record
 from codiemb.errors import ConfigError
 from codiemb.losses import CoDiEmbSTSLoss, InfoNCELoss, distill_kl
-from codiemb.models.module import CoDiEmbModule, ir_distill_term
+from codiemb.losses.ir_distill import ir_distill_term
+from codiemb.models.module import CoDiEmbModule
 from codiemb.run.train import train
 from tests.conftest import tiny_encoder
 
@@ -123,16 +124,16 @@ def test_bad_self_distill_settings_are_one_line():
 
 def test_distill_off_by_kind_null_or_weight_zero():
     for spec in (None, {"kind": None, "weight": 1.0, "temperature": 0.02}, {"kind": "kl", "weight": 0, "temperature": 1}):
-        assert make_module(ir_distill=spec).ir_distill is None
+        assert make_module(ir_distill=spec).distiller.ir is None
     for spec in (None, {"weight": 0.0, "temperature": 0.05}, {"weight": None, "temperature": 0.05}):
         module = make_module(self_distill=spec)
-        assert module.self_distill is None and module.base_encoder is None
+        assert module.distiller.self is None and module.distiller.base is None
 
 
 # ---------------------------------------------------------------- self-distillation
 def test_the_frozen_copy_is_frozen_and_out_of_state_dict_and_optimizer():
     module = make_module(self_distill={"weight": 0.3, "temperature": 0.05})
-    base = module.base_encoder
+    base = module.distiller.base
     assert base is not None and base is not module.encoder and not base.training
     assert all(not p.requires_grad for p in base.parameters())
     assert not any("base_encoder" in k for k in module.state_dict())
@@ -160,7 +161,7 @@ def test_self_distill_is_zero_at_the_start_and_trains_only_the_student(task):
     loss, components = module.compute_loss(batch)
     assert components["self_distill"].item() > 1e-4
     loss.backward()
-    assert all(p.grad is None for p in module.base_encoder.parameters())
+    assert all(p.grad is None for p in module.distiller.base.parameters())
 
 
 def write_scored_jsonl(path: Path) -> Path:

@@ -69,14 +69,15 @@ def test_auto_is_a_no_op_with_one_process_and_only_an_explicit_true_is_refused(c
 
     from codiemb.errors import ConfigError
     from codiemb.models.module import gathers
+    from codiemb.run.plan import build_plan
     from codiemb.run.train import check_cross_device
 
     cfg = compose_cfg(["model=tiny"])
     assert cfg.loss.ir.cross_device == "auto" and cfg.loss.sts.cross_device is False
     loss = instantiate(cfg.loss.ir)
-    check_cross_device(cfg, world_size=1)
+    check_cross_device(build_plan(cfg).cross_device, world_size=1)
     assert loss.cross_device == "auto" and not gathers(loss)  # not distributed here
     assert instantiate(compose_cfg(["loss.ir.cross_device=false"]).loss.ir).cross_device is False
     with pytest.raises(ConfigError):
-        check_cross_device(compose_cfg(["loss.ir.cross_device=true"]), world_size=1)
-    check_cross_device(compose_cfg(["loss.ir.cross_device=true"]), world_size=2)
+        check_cross_device(build_plan(compose_cfg(["loss.ir.cross_device=true"])).cross_device, world_size=1)
+    check_cross_device(build_plan(compose_cfg(["loss.ir.cross_device=true"])).cross_device, world_size=2)

@@ -65,10 +65,12 @@ class InfoNCELoss(nn.Module):
     (``candidates="slot"``, :func:`~codiemb.losses.infonce_slots.info_nce_slots`).
 
     ``cross_device`` is only recorded here (``"auto"``: on whenever the world size is above 1, as every
-    official training script); the caller gathers embeddings across ranks before calling.
+    official training script); the caller gathers embeddings across ranks before calling. ``distill`` (the
+    ``loss.ir.distill`` block of the config) is read by the LightningModule, which adds the distillation term.
     """
 
-    def __init__(self, temperature: float = 0.02, cross_device: bool | str = "auto", candidates: str = "all"):
+    def __init__(self, temperature: float = 0.02, cross_device: bool | str = "auto", candidates: str = "all",
+                 distill: dict | None = None):
         super().__init__()
         check_temperature(temperature)
         if candidates not in CANDIDATE_SETS:

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import copy
-import logging
 import math
-import random
 from collections.abc import Mapping
-from typing import Any
 
-import numpy as np
 import lightning as L
-from lightning.pytorch.plugins.precision import MixedPrecision
 import torch
-import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
 from torchmetrics.aggregation import RunningMean
 
 from codiemb.errors import CodiembError, ConfigError
-from codiemb.losses.distill_kl import distill_kl
 from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
                                    gather_positive_mask, is_distributed)
-from codiemb.losses.infonce import InfoNCELoss
 from codiemb.losses.l2sp import l2sp_penalty
-from codiemb.losses.margin_mse import margin_mse
 from codiemb.losses.matryoshka import MatryoshkaLoss, matryoshka_sizes
-from codiemb.losses.self_distill import self_distill_kl
+from codiemb.models.distill import Distiller, add_terms, check_ir_distill, check_self_distill
 from codiemb.models.encoder import Encoder
+from codiemb.models.rng import rng_states, set_rng_states
 
-log = logging.getLogger(__name__)
 
 LOSS_WINDOW = 20  # steps of one task behind train/<task>_loss_avg
 
@@ -57,35 +48,29 @@ class CoDiEmbModule(L.LightningModule):
                  ir_distill: Mapping | None = None, self_distill: Mapping | None = None):
         super().__init__()
         self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
-        # Matryoshka (issue #23, loss.matryoshka_dims): both tasks' losses at every listed leading size of the
-        # embedding (truncated, re-normalised), weighted and summed; exports record the sizes (codiemb.json, card).
-        # A bad setting is raised in setup(): raised here, Hydra would wrap it into a multi-line traceback.
-        self._matryoshka_error = None
+        # A bad Matryoshka or distillation setting is raised in setup(): raised here, Hydra would wrap it into a
+        # multi-line traceback.
+        self._config_error: CodiembError | None = None
+        # Matryoshka (loss.matryoshka_dims): both tasks' losses at every listed leading size of the embedding
+        # (truncated, re-normalised), weighted and summed; exports record the sizes (codiemb.json, card).
         if matryoshka_dims is not None or matryoshka_weights is not None:
             try:
                 dims, weights = matryoshka_sizes(matryoshka_dims, matryoshka_weights, encoder.embedding_dim)
             except CodiembError as exc:
-                self._matryoshka_error, matryoshka_dims, matryoshka_weights = exc, None, None
+                self._config_error, matryoshka_dims, matryoshka_weights = exc, None, None
             else:
                 self.ir_loss, self.sts_loss = (MatryoshkaLoss(loss, dims, weights) for loss in (ir_loss, sts_loss))
                 matryoshka_dims, matryoshka_weights = list(dims), list(weights)  # plain lists in the hparams
         encoder.matryoshka_dims = tuple(matryoshka_dims) if matryoshka_dims else None
         if freeze_embeddings:  # the token-embedding table keeps its pre-trained rows (robust fine-tuning)
             encoder.backbone.get_input_embeddings().requires_grad_(False)
-        # Distillation (issue #24): ir_distill = loss.ir.distill (teacher scores in the data), self_distill = a frozen
-        # copy of the starting model (see distillation_terms). Bad settings are raised in setup(), as Matryoshka's.
-        self._distill_error = None
+        # Distillation: loss.ir.distill (teacher scores in the data) and module.self_distill (a frozen copy of the
+        # starting model, kept outside this module's state: codiemb.models.distill.Distiller).
         try:
             ir_distill, self_distill = check_ir_distill(ir_distill), check_self_distill(self_distill)
         except ConfigError as exc:
-            self._distill_error, ir_distill, self_distill = exc, None, None
-        self.ir_distill, self.self_distill = ir_distill, self_distill  # plain dicts (hparams, weights_only loads)
-        # The frozen copy is built from the weights as built here, i.e. pre-trained (a resume loads its checkpoint
-        # into self.encoder later); set past nn.Module, so it is no submodule: not in state_dict (checkpoints,
-        # exports), not in parameters() (optimizer, DDP), never switched to train mode; on_fit_start moves it.
-        base = copy.deepcopy(encoder).requires_grad_(False).eval() if self_distill else None
-        object.__setattr__(self, "base_encoder", base)
-        self._warned_no_teacher: set[str] = set()
+            self._config_error, ir_distill, self_distill = self._config_error or exc, None, None
+        self.distiller = Distiller(ir_distill, self_distill, encoder)
         # L2-SP's anchor: the trainable weights as built here, i.e. pre-trained (a resume loads its checkpoint
         # later, so the anchor stays the starting point); a plain dict, so it is never saved in a checkpoint.
         self._anchors = {name: p.detach().clone() for name, p in encoder.named_parameters()
@@ -104,10 +89,8 @@ class CoDiEmbModule(L.LightningModule):
         self._restored_rng: dict | None = None
 
     def setup(self, stage: str) -> None:
-        if self._matryoshka_error is not None:  # see __init__
-            raise self._matryoshka_error
-        if self._distill_error is not None:  # see __init__
-            raise self._distill_error
+        if self._config_error is not None:  # see __init__
+            raise self._config_error
 
     # ------------------------------------------------------------ steps
     def middle_layer(self) -> int | None:
@@ -152,52 +135,18 @@ class CoDiEmbModule(L.LightningModule):
             a, b = self.embed(batch["query"], layer), self.embed(batch["passages"], layer)
             (a, a_mid), (b, b_mid) = (a, b) if layer is not None else ((a, None), (b, None))
             scores = batch["scores"]
-            extra = self.distillation_terms(batch, a, b)  # this rank's texts, before any gather
+            extra = self.distiller.terms(batch, a, b)  # this rank's texts, before any gather
             if gathers(self.sts_loss):
                 a, b, scores = all_gather_with_grad(a), all_gather_with_grad(b), all_gather_no_grad(scores)
                 a_mid, b_mid = (None, None) if a_mid is None else (all_gather_with_grad(a_mid),
                                                                      all_gather_with_grad(b_mid))
             return add_terms(self.sts_loss(a, b, scores, a_mid, b_mid), extra)
         query, passages, mask = self.embed(batch["query"]), self.embed(batch["passages"]), batch["positive_mask"]
-        extra = self.distillation_terms(batch, query, passages)
+        extra = self.distiller.terms(batch, query, passages)
         if gathers(self.ir_loss):
             query, passages = all_gather_with_grad(query), all_gather_with_grad(passages)
             mask = gather_positive_mask(mask)
         return add_terms(self.ir_loss(query, passages, mask), extra)
-
-    def distillation_terms(self, batch: dict, a: torch.Tensor, b: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
-        """``{name: (weight, term)}`` to add to the task's loss, from this rank's embeddings ``a`` (queries / STS
-        sentence 1) and ``b`` (passages / sentence 2):
-
-        * ``distill`` (IR and mixed batches carrying ``teacher_scores``; ``loss.ir.distill``): the student's cosine
-          of every query with the passages against the teacher's scores; ``kl``: :func:`distill_kl` over each
-          query's own candidates (the teacher's ``-inf`` marks the rest), ``margin_mse``: :func:`margin_mse` over
-          each query's positive-negative pairs (:func:`ir_distill_term`).
-        * ``self_distill`` (every batch; ``module.self_distill``): :func:`self_distill_kl` of the in-batch cosine
-          matrix ``a x b`` against the frozen starting model's on the same tokens (no gradient to the copy).
-        """
-        terms: dict[str, tuple[float, torch.Tensor]] = {}
-        spec = self.ir_distill
-        if spec is not None and batch["task"] != "sts":
-            teacher = batch.get("teacher_scores")
-            if teacher is None:
-                if batch["dataset"] not in self._warned_no_teacher:
-                    self._warned_no_teacher.add(batch["dataset"])
-                    log.warning("loss.ir.distill is on but dataset '%s' has no teacher scores (pos_scores / "
-                                "neg_scores): its batches train without the distillation term", batch["dataset"])
-            else:
-                student = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
-                terms["distill"] = (spec["weight"], ir_distill_term(
-                    spec["kind"], student, teacher.to(student.device), batch["positive_mask"].to(student.device),
-                    spec["temperature"]))
-        spec = self.self_distill
-        if spec is not None:
-            with torch.no_grad():
-                base_a, base_b = self.base_encoder(batch["query"]), self.base_encoder(batch["passages"])
-            terms["self_distill"] = (spec["weight"], self_distill_kl(
-                F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1), F.normalize(base_a.float(), dim=-1),
-                F.normalize(base_b.float(), dim=-1), spec["temperature"]))
-        return terms
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, components = self.compute_loss(batch)
@@ -239,8 +188,7 @@ class CoDiEmbModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         self._anchors = {name: a.to(self.device) for name, a in self._anchors.items()}
-        if self.base_encoder is not None:  # no submodule (see __init__): follows the student's device and dtype
-            self.base_encoder.to(device=self.device, dtype=next(self.encoder.parameters()).dtype)
+        self.distiller.to(self.device, next(self.encoder.parameters()).dtype)  # the frozen copy follows the student
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Lightning does not save RNG states; dropout masks after a resume must match the uninterrupted run.
@@ -317,26 +265,6 @@ def gathers(loss: nn.Module) -> bool:
     return is_distributed() and (mode is True or mode == "auto")
 
 
-def rng_states() -> dict:
-    """Every RNG training draws from, as plain tensors, lists and ints: checkpoints load with weights_only=True."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
-              "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["torch.cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    python = states["python"]  # a tuple when saved; lists once it went through a checkpoint
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    if "torch.cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["torch.cuda"])
-
-
 def _schedule(kind: str, warmup: int, total: int):
     """Linear warmup, then linear (or cosine) decay to zero, or constant."""
     def factor(step: int) -> float:
@@ -353,89 +281,3 @@ def _schedule(kind: str, warmup: int, total: int):
     return factor
 
 
-# ------------------------------------------------------------ distillation (issue #24 part 3)
-DISTILL_KINDS = ("kl", "margin_mse")
-
-
-class DistillableInfoNCELoss(InfoNCELoss):
-    """:class:`codiemb.losses.InfoNCELoss` that also takes the ``loss.ir.distill`` block of configs/loss/*.yaml
-    (Hydra passes every key of ``loss.ir``) and leaves it to the module, which reads it as ``ir_distill``."""
-
-    def __init__(self, *args, distill: Mapping | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-
-
-def _number(key: str, value: Any, minimum: float, strict: bool) -> float:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and (
-        value > minimum if strict else value >= minimum)
-    if not ok:
-        raise ConfigError(f"{key}={value!r} must be a finite number {'>' if strict else '>='} {minimum:g}")
-    return float(value)
-
-
-def _spec(key: str, spec: Any, known: tuple[str, ...]) -> dict | None:
-    if spec is None:
-        return None
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"{key} must be a mapping ({', '.join(known)}) or null, got {spec!r}")
-    spec = dict(spec)
-    unknown = sorted(set(spec) - set(known))
-    if unknown:
-        raise ConfigError(f"{key} has unknown key {unknown[0]!r}; known: {', '.join(known)}")
-    return spec
-
-
-def check_ir_distill(spec: Any) -> dict | None:
-    """``loss.ir.distill`` as ``{kind, weight, temperature}`` (plain floats), or None when off (``kind`` null or
-    ``weight`` 0); a bad value is a one-line :class:`ConfigError` naming the key."""
-    spec = _spec("loss.ir.distill", spec, ("kind", "weight", "temperature"))
-    if spec is None or spec.get("kind") is None:
-        return None
-    if spec["kind"] not in DISTILL_KINDS:
-        raise ConfigError(f"loss.ir.distill.kind={spec['kind']!r} must be one of {', '.join(DISTILL_KINDS)} "
-                          "(null = off)")
-    weight = _number("loss.ir.distill.weight", spec.get("weight", 1.0), 0, strict=False)
-    temperature = _number("loss.ir.distill.temperature", spec.get("temperature", 1.0), 0, strict=True)
-    return {"kind": spec["kind"], "weight": weight, "temperature": temperature} if weight else None
-
-
-def check_self_distill(spec: Any) -> dict | None:
-    """``module.self_distill`` as ``{weight, temperature}``, or None when off (``weight`` 0 or null)."""
-    spec = _spec("module.self_distill", spec, ("weight", "temperature"))
-    if spec is None or not spec.get("weight"):
-        return None
-    weight = _number("module.self_distill.weight", spec["weight"], 0, strict=False)
-    temperature = _number("module.self_distill.temperature", spec.get("temperature", 0.05), 0, strict=True)
-    return {"weight": weight, "temperature": temperature}
-
-
-def ir_distill_term(kind: str, student: torch.Tensor, teacher: torch.Tensor, positive_mask: torch.Tensor,
-                    temperature: float) -> torch.Tensor:
-    """The distillation term of one IR batch. ``student`` [B, M]: the student's score of every query with every
-    passage; ``teacher`` [B, M]: the teacher's score of each query's *own* sampled passages, ``-inf`` elsewhere
-    (the collator's ``teacher_scores``); ``positive_mask`` [B, M]: each query's own positives.
-
-    * ``kl``: :func:`distill_kl` over each query's own candidates, both sides divided by ``temperature``.
-    * ``margin_mse``: :func:`margin_mse` over every (own positive, own negative) pair of each query, on the raw
-      scores (``temperature`` unused): the teacher's scores should be on the student's (cosine) scale.
-    """
-    if kind == "kl":
-        return distill_kl(student, teacher, temperature)
-    if kind != "margin_mse":
-        raise ValueError(f"unknown distillation kind {kind!r}; use one of {DISTILL_KINDS}")
-    own = teacher > float("-inf")
-    # each query's own columns first (stable: in batch order), then [B, K, K] pairs with K = most own columns
-    order = torch.sort((~own).to(torch.uint8), dim=1, stable=True).indices[:, :max(1, int(own.sum(1).max()))]
-    s, t = student.gather(1, order), teacher.masked_fill(~own, 0.0).gather(1, order)
-    valid, positive = own.gather(1, order), positive_mask.to(torch.bool).gather(1, order)
-    pairs = (valid & positive)[:, :, None] & (valid & ~positive)[:, None, :]
-    return margin_mse(s[:, :, None], s[:, None, :], t[:, :, None], t[:, None, :], pairs)
-
-
-def add_terms(result: tuple[torch.Tensor, dict[str, torch.Tensor]],
-              terms: Mapping[str, tuple[float, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(loss + sum weight x term, components + {name: term})``."""
-    loss, components = result
-    for name, (weight, term) in terms.items():
-        loss, components = loss + weight * term, {**components, name: term.detach()}
-    return loss, components
