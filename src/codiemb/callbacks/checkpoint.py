@@ -5,7 +5,12 @@
 (Lightning's own writer stages the file in ``$TMPDIR`` and moves it, which across filesystems is a copy into the
 final name: a full disk or a kill left a truncated ``step_XXXXXX.ckpt`` or a 0-byte ``last.ckpt``).
 :class:`PeriodicExport` writes, at the same cadence, an exported model directory (sentence-transformers layout)
-per checkpoint, plus the initial weights that the merge stage uses as its base.
+per checkpoint, plus the initial weights that the merge stage uses as its base; the validation callback scores
+each export as it is written (:meth:`~codiemb.callbacks.validation.ValidationCallback.on_exported`).
+
+Only the ``.ckpt`` files that resume needs are kept by default (``save_top_k: 1``): ``last.ckpt`` and the newest
+``step_XXXXXX.ckpt``, the fallback when ``last.ckpt`` cannot be read (a file of its own, so damage to one leaves
+the other readable). ``callbacks.model_checkpoint.save_top_k=-1`` keeps every step's, ``0`` only ``last.ckpt``.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class PeriodicExport(L.Callback):
         self._start_step = 0  # the step a resume started from
         self._ran_here = False  # False in the main process of a spawning strategy (ddp_spawn): it trains elsewhere
         self._last_step = -1
+        self.peers: list = []
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path:
         path = self.dirpath / name
@@ -75,6 +81,7 @@ class PeriodicExport(L.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._ran_here = True
+        self.peers = [c for c in trainer.callbacks if c is not self]  # validation history, early stopping
         if trainer.ckpt_path:  # a resume: the base and earlier exports are the checkpoint's
             self.adopt(self._restored, trainer.ckpt_path, trainer.global_step)
         if self.initial is not None:
@@ -87,21 +94,24 @@ class PeriodicExport(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
-            self._save_step(trainer, pl_module, step)
+            self._save_step(trainer, pl_module, step, hook="batch")
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         step = trainer.global_step
         if self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0 \
                 and step > 0 and step != self._last_step:
-            self._save_step(trainer, pl_module, step)
+            self._save_step(trainer, pl_module, step, hook="epoch")
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step != self._last_step:
-            self._save_step(trainer, pl_module, trainer.global_step)
+            self._save_step(trainer, pl_module, trainer.global_step, hook="end")
 
-    def _save_step(self, trainer, pl_module, step: int) -> None:
+    def _save_step(self, trainer, pl_module, step: int, hook: str) -> None:
         self.exported.append(self._export(trainer, pl_module, export_name(step)))
         self._last_step = step
+        for callback in trainer.callbacks:  # every export gets its validation score (the best one is named)
+            if hasattr(callback, "on_exported"):
+                callback.on_exported(trainer, pl_module, hook=hook)
 
     def all_exports(self) -> list[Path]:
         """Every export of the whole run in step order: those the resumed checkpoint carried (up to its step),

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from codiemb.data.collator import Collator
+from codiemb.data.holdout import BUCKETS, capped_fraction
 from codiemb.data.quality import format_warnings
 from codiemb.data.readers import ReadResult, get_reader
 from codiemb.data.sampler import Source, TaskBatchSampler, check_positive
@@ -26,11 +27,14 @@ class CoDiEmbDataModule(L.LightningDataModule):
     """``datasets`` is a list of ``{name, task, format, path, ...reader options}``; see ``configs/data/``.
 
     Two options work for every format: ``max_rows`` (a seeded subsample) and ``holdout: {fraction: f}``
-    (drop the queries that :mod:`codiemb.data.holdout` reserves for validation).
+    (drop the queries that :mod:`codiemb.data.holdout` reserves for validation; ``max: n`` also caps them at
+    ``n`` rows, :func:`codiemb.data.holdout.capped_fraction`). How many rows each holdout took is in
+    ``load_report[name]["held_out"]``.
 
     Every dataset is read once into a memory-mapped Arrow table under ``cache_dir`` (:mod:`codiemb.data.store`;
-    default ``$CODIEMB_DATA_CACHE`` or ``~/.cache/codiemb/data``); later runs, other ranks and DataLoader workers
-    map the same file. ``length_grouping`` makes each step's rows similar in length (:mod:`codiemb.data.sampler`).
+    a training run passes ``$CODIEMB_DATA_CACHE`` or ``<paths.log_dir>/cache/data`` from
+    ``configs/data/base/default.yaml``, which every data config starts from; without one ``$CODIEMB_DATA_CACHE``
+    or ``~/.cache/codiemb/data``); later runs, other ranks and DataLoader workers map the same file. ``length_grouping`` makes each step's rows similar in length (:mod:`codiemb.data.sampler`).
     """
 
     def __init__(self, datasets: Sequence[dict], task_mix: str = "balanced", ir_batch_size: int = 16,
@@ -77,8 +81,11 @@ class CoDiEmbDataModule(L.LightningDataModule):
             get_reader(fmt)  # an unknown format is a ConfigError before anything is built
             target = ensure_built(fmt, path, name, spec, self.cache_dir)
             # holdout e.g. {fraction: 0.1}: those queries are the validation slice (eval sets use keep: val)
-            part = Part.open(target, holdout=float(holdout["fraction"]) if holdout else None, max_rows=max_rows,
-                             seed=self.seed)
+            fraction, held_out = holdout_fraction(target, holdout), 0
+            part = Part.open(target, holdout=fraction, max_rows=max_rows, seed=self.seed)
+            if fraction:
+                held_out = int((part.table.data.table.column("bucket").to_numpy() < fraction * BUCKETS).sum())
+                log.info("%s: %d rows held back for validation (holdout fraction %.4g)", name, held_out, fraction)
             skipped = part.meta["skipped"]
             if not len(part.rows):
                 raise DataError(f"dataset '{name}' is empty after loading ({sum(skipped.values())} rows skipped)",
@@ -87,6 +94,8 @@ class CoDiEmbDataModule(L.LightningDataModule):
             self.sources.append(Source(name, part.task, len(part.rows)))
             self.load_report[name] = {"task": part.task, "rows": len(part.rows), "skipped": skipped,
                                       "warnings": part.meta["warnings"], "cache": str(target)}
+            if fraction:
+                self.load_report[name]["held_out"] = held_out
             log.info(ReadResult(range(len(part.rows)), Counter(skipped)).summary(name))
         skipped = {name: info["skipped"] for name, info in self.load_report.items() if info["skipped"]}
         if skipped:  # on_error=skip: one report at the end of loading, per dataset and reason
@@ -150,3 +159,15 @@ class CoDiEmbDataModule(L.LightningDataModule):
     def mark_consumed(self, position: int) -> None:
         if self.sampler is not None:
             self.sampler.mark_consumed(position)
+
+
+def holdout_fraction(target: Path, holdout: dict | None) -> float | None:
+    """The fraction of a dataset's hash space held back for validation: ``holdout.fraction``, lowered so that at
+    most ``holdout.max`` rows fall in it (the validation set computes the same from the same rows)."""
+    if not holdout or not holdout.get("fraction"):
+        return None
+    fraction = float(holdout["fraction"])
+    if not holdout.get("max"):
+        return fraction
+    table = Part.open(target).table.data.table
+    return capped_fraction(table.column("bucket").to_numpy().tolist(), fraction, int(holdout["max"]))

@@ -51,8 +51,10 @@ class EvalSet:
     max_corpus: int | None = None
     max_pairs: int | None = None
     seed: int = 0
-    # Keep only the queries that codiemb.data.holdout reserves for validation (training drops the same ones).
+    # Keep only the queries that codiemb.data.holdout reserves for validation (training drops the same ones);
+    # holdout_max caps them as training does (codiemb.data.holdout.capped_fraction over the same rows).
     holdout_fraction: float | None = None
+    holdout_max: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -115,18 +117,26 @@ class IRData:
 def load_set(spec: EvalSet) -> STSData | IRData:
     """Read the files of one set into the evaluators' in-memory form (``eval.py`` then refuses one that cannot
     be scored: :func:`codiemb.eval.checks.check_loaded_set`)."""
-    if not Path(spec.path).exists():
+    if spec.format != "hf" and not Path(spec.path).exists():  # hf: a hub name or a builder (parquet, json ...)
         raise ConfigError(f"eval set {spec.name!r}: path {spec.path} does not exist")
     if spec.task in PAIR_TASKS:
-        data = shrink_pairs(_load_sts(spec), spec.max_pairs, spec.seed)
+        data = _load_sts(spec)
+        if spec.holdout_fraction:  # the pairs whose first sentence training holds back (codiemb.data.holdout)
+            from codiemb.data.holdout import bucket, capped_fraction, is_held_out
+            fraction = capped_fraction([bucket(t) for t in data.sentences1], spec.holdout_fraction, spec.holdout_max)
+            kept = [i for i, text in enumerate(data.sentences1) if is_held_out(text, fraction)]
+            data = STSData([data.sentences1[i] for i in kept], [data.sentences2[i] for i in kept],
+                           [data.scores[i] for i in kept])
+        data = shrink_pairs(data, spec.max_pairs, spec.seed)
         if spec.task == "pairs":
             threshold = float(spec.options.get("positive_min", 0.5))
             data = STSData(data.sentences1, data.sentences2, [1.0 if s >= threshold else 0.0 for s in data.scores])
         return data
     data = _load_ir(spec)
     if spec.holdout_fraction:
-        from codiemb.data.holdout import is_held_out
-        kept = {q for q, text in data.queries.items() if is_held_out(text, spec.holdout_fraction)}
+        from codiemb.data.holdout import bucket, capped_fraction, is_held_out
+        fraction = capped_fraction([bucket(t) for t in data.queries.values()], spec.holdout_fraction, spec.holdout_max)
+        kept = {q for q, text in data.queries.items() if is_held_out(text, fraction)}
         data = IRData(data.corpus, {q: data.queries[q] for q in kept},
                       {q: rel for q, rel in data.qrels.items() if q in kept})
     return shrink_ir(data, spec.max_queries, spec.max_corpus, spec.seed)

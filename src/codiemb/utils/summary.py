@@ -18,13 +18,30 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"precision          {result['precision']}")
     for name, info in result.get("data", {}).items():
         skipped = sum(info["skipped"].values())
-        lines.append(f"data {name:<14}{info['task']}, {info['rows']} rows" + (f", {skipped} skipped" if skipped else ""))
+        held = f", {info['held_out']} held back for validation" if info.get("held_out") else ""
+        lines.append(f"data {name:<14}{info['task']}, {info['rows']} rows" + (f", {skipped} skipped" if skipped else "")
+                     + held)
+    validation = result.get("validation") or {}
+    if validation.get("source") == "holdout":
+        lines.append(f"validation         held back from the training data: {', '.join(validation['sets'])}")
+    elif validation.get("sets"):
+        lines.append(f"validation         {', '.join(validation['sets'])}")
     exports = result.get("exports") or []
     if exports:
         lines.append(f"checkpoints        {len(exports)} exported models + .ckpt files in {exports[-1].rsplit('/', 1)[0]}")
         lines.append(f"final model        {exports[-1]}")
+    best = result.get("best_export")
+    if best:
+        lines.append(f"best export        {best['path']}  (step {best['step']}, val/mean {best['val/mean']:.4f})")
     if result.get("merged"):
         lines.append(f"merged model       {result['merged']}  (load with SentenceTransformer(dir))")
+    delivered = result.get("delivered")
+    if delivered and delivered.get("kind") != "merged":
+        lines.append(f"delivered          {delivered['model']}  ({delivered['kind']}; load with SentenceTransformer(dir))")
+    stopped = result.get("early_stopping")
+    if stopped:
+        lines.append(f"early stopping     at step {stopped['step']}: {stopped['monitor']} did not improve on "
+                     f"{stopped['best']:.4f} in {stopped['patience']} validations")
     metrics = result.get("metrics", {})
     for key in sorted(metrics):
         if key.startswith("train/") and key.endswith("_loss_avg"):  # each task's loss over its last steps
@@ -51,7 +68,8 @@ def write_summary(result: dict[str, Any], output_dir: str | Path, overrides: lis
     """``<run dir>/summary.json``: metrics, outputs and the command-line overrides (read by sweep tables)."""
     path = Path(output_dir) / SUMMARY_JSON
     payload = {k: v for k, v in result.items() if k != "data"}
-    payload["data"] = {name: {"task": info.get("task"), "rows": info.get("rows")}
+    payload["data"] = {name: {"task": info.get("task"), "rows": info.get("rows"),
+                              **({"held_out": info["held_out"]} if "held_out" in info else {})}
                        for name, info in (result.get("data") or {}).items()}
     payload["overrides"] = list(overrides or [])
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
@@ -66,6 +84,9 @@ def objective(result: dict[str, Any] | None, key: str | None) -> float | None:
     metrics = result.get("metrics", {})
     if key in metrics:
         return float(metrics[key])
-    if key.startswith("merge/") and key[len("merge/"):] in metrics and not result.get("merged"):
-        return float(metrics[key[len("merge/"):]])
+    if key.startswith("merge/") and not result.get("merged"):  # deliver=best: the best export; else the last step
+        if (result.get("delivered") or {}).get("kind") == "best export" and f"best/{key[6:]}" in metrics:
+            return float(metrics[f"best/{key[6:]}"])
+        if key[len("merge/"):] in metrics:
+            return float(metrics[key[len("merge/"):]])
     return None

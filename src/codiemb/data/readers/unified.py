@@ -1,4 +1,10 @@
-"""Readers for the unified schema: JSONL files, and anything ``datasets.load_dataset`` reads."""
+"""Readers for the unified schema: JSONL files, and anything ``datasets.load_dataset`` reads.
+
+Rows in sentence-transformers' column names load as they are (:func:`sentence_transformers_row`):
+``anchor``/``positive``/``negative`` (or ``negative_1``, ``negative_2`` ...) as an IR row with one positive and
+its negatives, ``sentence1``/``sentence2``/``score`` as an STS row. A row with neither names the keys it has and
+what to write, in one line.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,47 @@ def check_score_range(score_range, name: str) -> None:
                           "set score_range: [min, max] with min < max")
 
 
+# The unified schema's own keys (codiemb.data.schema), and what sentence-transformers calls them.
+SCHEMA_KEYS = frozenset({"task", "query", "positives", "negatives", "pos", "neg", "score", "instruction",
+                         "pos_scores", "neg_scores"})
+WHAT_TO_WRITE = ("write query and positives (+ negatives; score for sts), or sentence-transformers' "
+                 "anchor/positive/negative or sentence1/sentence2/score")
+
+
+def sentence_transformers_row(raw, task: str | None, source: str, line: int):
+    """A row in sentence-transformers' column names as a unified one: ``anchor`` -> ``query``, ``positive`` ->
+    ``positives`` (one), ``negative`` / ``negative_<n>`` -> ``negatives``; ``sentence1`` -> ``query``,
+    ``sentence2`` -> ``positives`` (one), ``score`` kept. Without a declared ``task`` the names imply it (ir /
+    sts). A row without ``query`` whose other keys are none of these is refused naming its keys."""
+    if not isinstance(raw, dict) or "query" in raw:
+        return raw
+    if "anchor" in raw:
+        numbered = sorted((k for k in raw if k.startswith("negative_") and k[9:].isdigit()), key=lambda k: int(k[9:]))
+        row = {k: v for k, v in raw.items() if k not in ("anchor", "positive", "negative") and k not in numbered}
+        row["query"] = raw["anchor"]
+        if "positive" in raw:
+            row["positives"] = [raw["positive"]]
+        negatives = ([raw["negative"]] if "negative" in raw else []) + [raw[k] for k in numbered]
+        if negatives:
+            row["negatives"] = negatives
+        implied = "ir"
+    elif "sentence1" in raw:
+        row = {k: v for k, v in raw.items() if k not in ("sentence1", "sentence2")}
+        row["query"] = raw["sentence1"]
+        if "sentence2" in raw:
+            row["positives"] = [raw["sentence2"]]
+        implied = "sts"
+    else:
+        other = [str(k) for k in raw if k not in SCHEMA_KEYS]
+        if other:
+            raise DataError(f"missing required field (the row has {', '.join(other)}; {WHAT_TO_WRITE})",
+                            source=source, line=line, field="query")
+        return raw
+    if task is None:
+        row.setdefault("task", implied)
+    return row
+
+
 def iter_lines(numbered_lines: Iterable[tuple[int, bytes]], *, path, name: str, policy: RowPolicy,
                task: str | None = None, score_range: tuple[float, float] = (0.0, 5.0)) -> Iterator[tuple[int, Record]]:
     """``(line, record)`` for each valid one of ``(line number, raw bytes)``; bad lines go through ``policy``."""
@@ -27,7 +74,7 @@ def iter_lines(numbered_lines: Iterable[tuple[int, bytes]], *, path, name: str, 
             text = decode_line(raw_line, source, line_no)
             if not text.strip():
                 continue
-            raw = parse_json_line(text, source, line_no)
+            raw = sentence_transformers_row(parse_json_line(text, source, line_no), task, source, line_no)
             record = parse_record(raw, dataset=name, source=source, line=line_no, task=task, score_range=score_range)
         except DataError as exc:
             policy.handle(exc)
@@ -74,6 +121,7 @@ def iter_hf(path: str, *, name: str, policy: RowPolicy, task: str | None = None,
         raw = {rename.get(k, k): v for k, v in row.items()}
         try:
             with row_errors(source, row_no):
+                raw = sentence_transformers_row(raw, task, source, row_no)
                 record = parse_record(raw, dataset=name, source=source, line=row_no, task=task,
                                       score_range=score_range)
         except DataError as exc:
