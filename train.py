@@ -11,7 +11,6 @@ import codiemb.utils.quiet  # noqa: F401  (drops known third-party console noise
 from codiemb.errors import CodiembError, RunInterrupted
 from codiemb.utils.summary import objective
 
-
 # Paths in the configs are relative to this directory (configs/paths/default.yaml).
 os.environ.setdefault("PROJECT_ROOT", os.path.dirname(os.path.abspath(__file__)))
 

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 import codiemb.mining.miner
-from codiemb.errors import ConfigError
 from codiemb.data.holdout import is_held_out
+from codiemb.errors import ConfigError
 from codiemb.mining.cache import ENCODER_KEYS, resolve_mined_specs
 from codiemb.run.train import train
 from codiemb.utils.precision import resolve_short_precision

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from codiemb.run.train import train
 from codiemb.run.resolvers import wandb_offline
+from codiemb.run.train import train
 from tests.ecosystem.helpers import FAST, finished_wandb_records
 
 EXPECTED_HISTORY = {"train/loss", "train/ir_loss", "train/sts_loss", "train/ir/infonce", "train/sts/pearson",

@@ -7,7 +7,8 @@ import random
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codiemb.eval.retrieval import drop_identical_ids, evaluate_retrieval, exact_search, retrieval_metrics
 

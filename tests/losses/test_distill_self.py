@@ -39,7 +39,8 @@ def test_hand_worked_two_by_two(temperature):
 
 
 def test_matches_loop_reference_values_and_gradients(generator, assert_matches_reference):
-    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
+    def unit(*shape):
+        return torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
     sa, sb, ta, tb = unit(3, 6), unit(5, 6), unit(3, 4), unit(5, 4)
     assert_matches_reference(lambda a, b: self_distill_kl(a, b, ta, tb, 0.2, 0.1),
                              lambda a, b: reference_self_distill(a, b, ta, tb, 0.2, 0.1), [sa, sb])

@@ -37,7 +37,7 @@ def test_exclude_prompt_drops_the_first_attended_tokens_on_either_padding_side(s
     if side == "left":
         mask = mask.flip(1)
     out = exclude_prompt(mask, prompts)
-    for row, (n, k) in enumerate(zip(lengths, prompts.tolist())):
+    for row, (_n, k) in enumerate(zip(lengths, prompts.tolist())):
         attended = [i for i in range(6) if mask[row, i]]
         kept = attended[k:] or attended  # a row that is all prompt keeps its mask (no division by zero)
         assert [i for i in range(6) if out[row, i]] == kept

@@ -73,11 +73,11 @@ def test_killed_while_exporting_a_model_leaves_the_last_good_export(tmp_path):
         """
     killed = run_python(code, str(target))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    import torch
     from safetensors.torch import load_file
     from sentence_transformers import SentenceTransformer
 
     from tests.conftest import tiny_encoder
-    import torch
 
     torch.manual_seed(0)
     first = tiny_encoder()  # the same seed: the weights of the first, complete export

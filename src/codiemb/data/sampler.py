@@ -24,8 +24,8 @@ again; so the rows of a step (and each rank's slice of it) have similar lengths 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 

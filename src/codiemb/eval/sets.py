@@ -209,7 +209,8 @@ def load_snli_graded_pairs(path: str, split: str) -> tuple[list[str], list[str],
     pairs: entailment 2, neutral 1, contradiction 0 (the SICK-style reading of NLI labels as relatedness).
     Text is kept as in the file apart from outer whitespace (SentEval's copy is tokenised)."""
     root = Path(path)
-    read = lambda name: (root / f"{name}.{split}").read_text(encoding="utf-8").rstrip("\n").split("\n")
+    def read(name):
+        return (root / f"{name}.{split}").read_text(encoding="utf-8").rstrip("\n").split("\n")
     s1, s2, labels = read("s1"), read("s2"), read("labels")
     if not len(s1) == len(s2) == len(labels):
         raise ConfigError(f"{path}: s1/s2/labels.{split} have {len(s1)}/{len(s2)}/{len(labels)} lines")

@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from codiemb.errors import ConfigError
 from codiemb.utils.atomic import atomic_write_text

@@ -9,8 +9,9 @@ the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-card
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from codiemb.utils.atomic import atomic_write_text
 

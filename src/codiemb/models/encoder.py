@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ class Encoder(nn.Module):
                         trust_remote_code: bool = False, gradient_checkpointing: bool = False,
                         random_init: bool = False, config_overrides: dict | None = None,
                         backbone_kwargs: dict | None = None, bidirectional: bool | None = None,
-                        lora: dict | None = None, pool_prompt: bool | None = None) -> "Encoder":
+                        lora: dict | None = None, pool_prompt: bool | None = None) -> Encoder:
         """Load from a hub name or local directory.
 
         Settings saved in an exported directory (``codiemb.json``) are the defaults; explicit arguments win.

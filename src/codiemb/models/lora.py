@@ -9,7 +9,8 @@ names), so ``SentenceTransformer(dir)``, ``AutoModel`` and the merge stage never
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 

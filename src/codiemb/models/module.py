@@ -12,14 +12,19 @@ from torch import nn
 from torchmetrics.aggregation import RunningMean
 
 from codiemb.errors import CodiembError, ConfigError
-from codiemb.losses.gather import (all_gather_no_grad, all_gather_with_grad, all_ranks_finite, assert_lockstep,
-                                   gather_positive_mask, is_distributed)
+from codiemb.losses.gather import (
+    all_gather_no_grad,
+    all_gather_with_grad,
+    all_ranks_finite,
+    assert_lockstep,
+    gather_positive_mask,
+    is_distributed,
+)
 from codiemb.losses.l2sp import l2sp_penalty
 from codiemb.losses.matryoshka import MatryoshkaLoss, matryoshka_sizes
 from codiemb.models.distill import Distiller, add_terms, check_ir_distill, check_self_distill
 from codiemb.models.encoder import Encoder
 from codiemb.models.rng import rng_states, set_rng_states
-
 
 LOSS_WINDOW = 20  # steps of one task behind train/<task>_loss_avg
 

@@ -133,6 +133,11 @@ def log_merge_event(loggers, step: int, merged: Path, report: dict, metrics_so_f
         logger.log_metrics(metrics, step=step)
         logger.save()
         if is_wandb(logger):
-            log_merge_report(lambda key, columns, data: logger.log_table(key, columns=columns, data=data),
-                             lambda key, images: logger.log_image(key, images=images),
-                             logger.experiment.log_artifact, "merge", report, merged)
+            report_to_wandb(logger, report, merged)
+
+
+def report_to_wandb(logger, report: dict, merged: Path) -> None:
+    """The merge's table, plots and report files through a ``WandbLogger``."""
+    log_merge_report(lambda key, columns, data: logger.log_table(key, columns=columns, data=data),
+                     lambda key, images: logger.log_image(key, images=images),
+                     logger.experiment.log_artifact, "merge", report, merged)

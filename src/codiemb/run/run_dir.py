@@ -31,7 +31,7 @@ HYDRA_SUBDIR = ".hydra"
 
 _unique_dirs: dict[str, str] = {}
 _hydra_subdirs: dict[str, tuple[str, bool]] = {}  # run dir -> (subdir, created by this process)
-_held_locks: dict[str, "RunLock"] = {}
+_held_locks: dict[str, RunLock] = {}
 
 
 def process_rank() -> int:
@@ -111,7 +111,7 @@ class RunLock:
         self._fd: int | None = None
 
     @classmethod
-    def acquire(cls, run_dir: str | Path) -> "RunLock":
+    def acquire(cls, run_dir: str | Path) -> RunLock:
         key = os.path.abspath(str(run_dir))
         if key in _held_locks:
             return _held_locks[key]

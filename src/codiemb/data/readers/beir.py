@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from codiemb.data.readers.base import ReadResult, RowPolicy, check_file, decode_line, parse_json_line, row_errors
+from codiemb.data.readers.base import (
+    ReadResult,
+    RowPolicy,
+    check_file,
+    decode_line,
+    parse_json_line,
+    row_errors,
+)
 from codiemb.data.schema import parse_record
 from codiemb.errors import DataError
 

@@ -63,7 +63,7 @@ def read_semeval_sts(path: str, *, name: str, task: str | None = None, split: st
                           f"not {task!r}")
     policy, records = RowPolicy(on_error), []
     skipped = Counter()
-    for subset, input_file, gs_file in find_pairs(path, subsets):
+    for _subset, input_file, gs_file in find_pairs(path, subsets):
         inputs, golds = _lines(input_file), _lines(gs_file)
         if len(inputs) != len(golds):
             raise DataError(f"{len(inputs)} sentence pairs but {len(golds)} gold lines in {gs_file.name}",

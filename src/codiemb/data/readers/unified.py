@@ -8,10 +8,18 @@ what to write, in one line.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from codiemb.data.readers.base import (UNREADABLE, ReadResult, RowPolicy, check_file, decode_line, parse_json_line,
-                                       row_errors, unreadable)
+from codiemb.data.readers.base import (
+    UNREADABLE,
+    ReadResult,
+    RowPolicy,
+    check_file,
+    decode_line,
+    parse_json_line,
+    row_errors,
+    unreadable,
+)
 from codiemb.data.schema import Record, parse_record
 from codiemb.errors import ConfigError, DataError
 
