@@ -23,10 +23,10 @@ import pyarrow.json as pj
 
 from codiemb.data.readers.base import RowPolicy, check_file
 from codiemb.data.readers.unified import check_score_range, iter_lines
-from codiemb.data.schema import _BLANK, TASKS, Record
+from codiemb.data.schema import BLANK, TASKS, Record
 
 BLOCK_BYTES = 16 << 20
-_BLANK_RE = "^[" + "".join(f"\\x{{{ord(c):04x}}}" for c in _BLANK) + "]*$"
+_BLANK_RE = "^[" + "".join(f"\\x{{{ord(c):04x}}}" for c in BLANK) + "]*$"
 _KNOWN = {"task": pa.string(), "query": pa.string(), "positives": pa.list_(pa.string()),
           "negatives": pa.list_(pa.string()), "score": pa.float64(), "instruction": pa.string(),
           "pos_scores": pa.list_(pa.float64()), "neg_scores": pa.list_(pa.float64())}
@@ -37,7 +37,7 @@ _CONTROL = bytes(c for c in range(0x20) if c != 0x0A)
 _NOT_BRACKET = bytes(c for c in range(256) if c not in b"[{\n")
 _DIGITS = bytes.maketrans(b"0123456789", b"0000000000")
 _MAX_BRACKETS = 400  # Python's json recurses once per level and stops near the recursion limit (1000)
-_BLANK_FIRST = pa.array(sorted(set(_BLANK)))
+_BLANK_FIRST = pa.array(sorted(set(BLANK)))
 
 
 def _find_all(block: bytes, needle: bytes) -> list[int]:

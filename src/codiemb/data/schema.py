@@ -27,7 +27,7 @@ TASKS = ("ir", "sts")
 _ALIASES = {"pos": "positives", "neg": "negatives"}
 # Characters that render as nothing: a text made only of these and whitespace is as empty as "". str.strip(chars)
 # stops at the first other character, so the check costs nothing on ordinary text.
-_BLANK = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + (
+BLANK = "".join(chr(c) for c in range(0x3001) if chr(c).isspace()) + (
     "\x00\u00ad\u180e\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff")
 
 
@@ -65,7 +65,7 @@ def _text(value: Any, name: str, where: dict) -> str:
         raise DataError(f"expected a string, got {type(value).__name__}", field=name, **where)
     if not value.strip():
         raise DataError("empty or whitespace-only text", field=name, **where)
-    if not value.strip(_BLANK):
+    if not value.strip(BLANK):
         raise DataError("only NUL or zero-width characters (no visible text)", field=name, **where)
     try:  # a JSON escape like "\ud800" decodes to a lone surrogate that tokenizers cannot take
         value.encode("utf-8")

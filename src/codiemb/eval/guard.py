@@ -27,9 +27,6 @@ from statistics import mean
 from codiemb.eval.runner import MAIN_METRIC
 from codiemb.eval.sets import parse_sets
 
-STS12_SOURCES = ("MSRpar", "MSRvid", "SMTeuroparl")
-STSB_GENRES = ("news", "captions", "forum")
-
 
 def loso_splits(sources: Sequence[str]) -> list[tuple[str, list[str]]]:
     """Leave-one-source-out: ``[(held_out, [the other sources in their order]), ...]``, one per source."""

@@ -26,7 +26,6 @@ import torch
 from codiemb.utils.topk import running_top_k
 
 MEASURES = {"ndcg_cut.10": "ndcg@10", "recall.100": "recall@100", "map": "map"}
-PRIMARY = "ndcg@10"
 
 
 def exact_search(query_embeddings: torch.Tensor, corpus_embeddings, doc_ids: list[str], query_ids: list[str],

@@ -98,6 +98,12 @@ def is_wandb(logger) -> bool:
     return isinstance(logger, WandbLogger)
 
 
+def wandb_settings(logger_group: dict) -> dict | None:
+    """The W&B entry of a ``logger`` config group (a sweep's callbacks see configs, not logger objects)."""
+    return next((v for v in logger_group.values() if isinstance(v, dict)
+                 and str(v.get("_target_", "")).rsplit(".", 1)[-1] == "WandbLogger"), None)
+
+
 def resume_loggers(loggers, step: int) -> None:
     """Before the first row of a resumed run: the metrics history continues at the checkpoint's ``step`` (CSV
     keeps its rows up to it; TensorBoard purges the events after it; W&B keeps its run id, see the config)."""

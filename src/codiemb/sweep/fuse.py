@@ -62,14 +62,13 @@ class FuseRuns(Callback):
 def log_to_wandb(config: DictConfig, report: dict, output: Path) -> None:
     """When the sweep's runs log to W&B (a ``WandbLogger`` in ``logger``): one more run, job type ``fuse``, with
     the per-layer weights table, the evaluation table, the report figure and the report file."""
-    loggers = OmegaConf.to_container(config.get("logger") or {}, resolve=False)
-    settings = next((v for v in loggers.values() if isinstance(v, dict)
-                     and str(v.get("_target_", "")).endswith("WandbLogger")), None)
+    from codiemb.run.loggers import log_merge_report, wandb_settings
+
+    settings = wandb_settings(OmegaConf.to_container(config.get("logger") or {}, resolve=False))
     if settings is None:
         return
     import wandb
 
-    from codiemb.run.loggers import log_merge_report
     from codiemb.run.resolvers import wandb_offline
 
     run = wandb.init(project=_literal(settings.get("project")), entity=_literal(settings.get("entity")),

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from codiemb.data.schema import Record, show_value  # noqa: F401  (re-exported for readers)
+from codiemb.data.schema import Record
 from codiemb.errors import ConfigError, DataError
 
 ON_ERROR = ("raise", "skip")
