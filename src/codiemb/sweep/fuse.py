@@ -39,7 +39,10 @@ class FuseRuns(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         output = Path(self.output) if self.output else sweep_dir / "fused"
-        sets = OmegaConf.to_container(config.val.sets, resolve=True) if config.get("val") else []
+        from codiemb.run.plan import choose_val_sets
+
+        # the sets the sweep's runs validated on (a slice held back from your data when none are named)
+        sets, _ = choose_val_sets(config, list(config.hydra.overrides.task))
         evaluate = bool(self.evaluate and sets) or self.method == "greedy_soup"
         merge_cfg = {"method": self.method, "runs": [str(sweep_dir)], "select": self.select,
                      "output": str(output), "evaluate": bool(self.evaluate and sets), "score_key": self.score_key,
