@@ -130,6 +130,8 @@ def test_a_run_with_matryoshka_sizes_exports_models_that_say_so(compose_cfg):
         card = (model / "README.md").read_text()
         assert "| Matryoshka sizes (trained; truncate + re-normalise) | 128, 64, 32 |" in card, model
     assert "truncate_dim=32" in (final / "README.md").read_text()
+    # an export written during training names the wrapped losses, not the wrapper
+    assert "InfoNCELoss at sizes [128, 64, 32]" in (Path(result["exports"][0]) / "README.md").read_text()
 
     texts = ["a query about billing", "how do I reset my password", "the cat sat on the mat"]
     small = SentenceTransformer(str(merged), device="cpu", truncate_dim=32)

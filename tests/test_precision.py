@@ -52,12 +52,20 @@ def test_torch_dispatching_avx2_kernels_means_fp32(cpu):
     assert P.resolve_trainer_precision("auto", "cpu")[0] == "32-true"
 
 
-@pytest.mark.parametrize("explicit", ["32-true", "bf16-mixed", "16-mixed", 32])
+@pytest.mark.parametrize("explicit", ["32-true", "bf16-mixed", 32])
 def test_explicit_values_win(cpu, explicit):
     cpu("AVX2", False, False)
     value, line = P.resolve_trainer_precision(explicit, "cpu")
     assert value == explicit and "set explicitly" in line
     assert P.resolve_short_precision("bf16") == "bf16"
+
+
+def test_fp16_on_a_cpu_is_named_as_the_bf16_lightning_runs_instead(cpu):
+    """Lightning turns 16-mixed on a CPU into bf16-mixed with a warning; the run summary said 16-mixed."""
+    cpu("AVX2", False, False)
+    value, line = P.resolve_trainer_precision("16-mixed", "cpu")
+    assert value == "bf16-mixed" and "asked for fp16 autocast, which CPUs do not run" in line
+    assert P.resolve_trainer_precision("16-mixed", "gpu")[0] == "16-mixed"
 
 
 @pytest.mark.parametrize("bf16_supported, expected", [(True, "bf16-mixed"), (False, "32-true")])

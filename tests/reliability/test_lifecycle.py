@@ -130,3 +130,14 @@ def test_the_documented_ddp_cpu_sim_command_finishes_with_its_default_logger_and
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "events/merge" in header and "events/export_step" in header  # the launcher's and the ranks' columns
     assert any(key.startswith("train/") for key in header)
+
+
+def test_a_refused_resume_gives_its_run_directory_back(compose_cfg, finished_run):
+    """A checkpoint refused after the run directory was claimed (damaged, exports gone) kept the lock: an
+    in-process sweep or Optuna study could not use that directory again."""
+    from codiemb.run import run_dir
+
+    (finished_run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError):
+        train(compose_cfg(FAST + ["merge=delta", "resume=auto"]))
+    assert str(finished_run.resolve()) not in {str(Path(k).resolve()) for k in run_dir._held_locks}

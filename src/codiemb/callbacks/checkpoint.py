@@ -167,13 +167,20 @@ def carried_exports(state: dict | None, ckpt_path: str | Path, step: int) -> tup
     return initial, [p for p in exports if (export_step(p) or 0) <= step]
 
 
+def loss_name(loss) -> str:
+    """A task loss as the card names it: a Matryoshka wrapper by the loss it wraps and its sizes."""
+    dims = getattr(loss, "dims", None)
+    inner = getattr(loss, "loss", None)
+    return f"{type(inner).__name__} at sizes {list(dims)}" if dims and inner is not None else type(loss).__name__
+
+
 def run_card_info(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
     """What the model card can say about the run so far: data sets and sizes, task mix, losses, steps."""
     datamodule = getattr(trainer, "datamodule", None)
     report = getattr(datamodule, "load_report", None) or {}
     return {"datasets": {name: {"task": info.get("task"), "rows": info.get("rows")} for name, info in report.items()},
             "task_mix": getattr(datamodule, "task_mix", None),
-            "losses": {task: type(getattr(pl_module, f"{task}_loss")).__name__ for task in ("ir", "sts")
+            "losses": {task: loss_name(getattr(pl_module, f"{task}_loss")) for task in ("ir", "sts")
                        if hasattr(pl_module, f"{task}_loss")},
             "training": {"optimizer steps": trainer.global_step}}
 

@@ -164,13 +164,17 @@ def open_run(plan: RunPlan) -> RunSession:
             raise
     if not ckpt_path:
         return session
-    session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path, plan.output_dir)
-    session.finished = _finished(plan, session)
-    if session.finished is None:
-        _check_model(plan, session)
-        _check_merge_base(plan, session)
-    else:
-        discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
+    try:  # a checkpoint that cannot be resumed gives the directory and its lock back (an in-process sweep goes on)
+        session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path, plan.output_dir)
+        session.finished = _finished(plan, session)
+        if session.finished is None:
+            _check_model(plan, session)
+            _check_merge_base(plan, session)
+        else:
+            discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
+    except BaseException:
+        session.close()
+        raise
     return session
 
 
