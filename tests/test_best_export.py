@@ -56,6 +56,7 @@ def test_every_export_has_a_validation_score_and_the_summary_names_the_best(defa
     assert info["metrics"]["val/mean"] == pytest.approx(scores[-1]["val/mean"])
 
 
+@pytest.mark.slow
 def test_exports_at_epoch_ends_are_scored_too(tmp_path):
     """The official recipes export once per epoch (checkpoint_every_n_steps=0, every_n_epochs=1)."""
     result, run_dir = train(tmp_path, "checkpoint_every_n_steps=0", "callbacks.model_export.every_n_epochs=1",

@@ -110,6 +110,7 @@ def test_mine_with_a_teacher_then_train_with_kl_distillation(compose_cfg, tmp_pa
     assert math.isfinite(result["metrics"]["train/loss"])
 
 
+@pytest.mark.slow
 def test_mining_without_a_teacher_writes_no_scores(tmp_path):
     source = tmp_path / "in.jsonl"  # input rows carrying scores: new negatives would no longer line up with them
     source.write_text("".join(json.dumps({"query": f"q {i} about {t}", "positives": [f"{t} text {i}"],

@@ -149,6 +149,7 @@ def test_sentence_transformers_columns_load_with_a_data_config_of_datasets_only(
     assert list((user / "logs_minimal" / "cache" / "data").glob("*"))
 
 
+@pytest.mark.slow
 def test_named_validation_sets_win_over_the_holdout(user):
     result, run_dir = train(user, "logs_named", "data=minimal", "eval@val=example")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -47,6 +47,7 @@ def test_default_run_prints_no_known_noise(tmp_path):
     assert "GPU available:" in output  # the same Lightning logger still speaks: only the tip is dropped
 
 
+@pytest.mark.slow
 def test_wandb_run_prints_no_known_noise(tmp_path):
     output = run(["train.py", "logger=wandb", *SMOKE, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert not noise_in(output)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ["model=tiny", "data.num_workers=0", "checkpoint_every_n_steps=10", "merge=none", "~callbacks.validation"]
 
@@ -47,16 +49,19 @@ def test_only_the_ckpt_files_resume_needs_are_kept(tmp_path):
     assert not list((run_dir / "checkpoints").glob(".*"))  # no temporary left behind
 
 
+@pytest.mark.slow
 def test_max_epochs_given_with_max_steps_still_counts(tmp_path):
     _, run_dir = train(tmp_path, "trainer.max_steps=30", "trainer.max_epochs=1")
     assert steps(run_dir) == 22
 
 
+@pytest.mark.slow
 def test_keeping_every_ckpt_is_one_override(tmp_path):
     _, run_dir = train(tmp_path, "trainer.max_steps=20", "callbacks.model_checkpoint.save_top_k=-1")
     assert ckpts(run_dir) == ["last.ckpt", "step_000010.ckpt", "step_000020.ckpt"]
 
 
+@pytest.mark.slow
 def test_keeping_only_last_ckpt_is_one_override(tmp_path):
     _, run_dir = train(tmp_path, "trainer.max_steps=20", "callbacks.model_checkpoint.save_top_k=0")
     assert ckpts(run_dir) == ["last.ckpt"]

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from codiemb.models.encoder import Encoder
@@ -47,6 +48,7 @@ def test_export_loads_without_missing_pooler(tmp_path):
     assert config["model_args"] == {"add_pooling_layer": False}
 
 
+@pytest.mark.slow
 def test_export_with_a_pooler_keeps_it(tmp_path):
     """A backbone that does carry its pooler (built with it) exports it, and sentence-transformers gets the
     default architecture: nothing missing either way."""

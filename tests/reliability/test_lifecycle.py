@@ -32,6 +32,7 @@ def signal_at(step: int, name: str) -> list[str]:
             f"+callbacks.signal.signal={name}"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "code"), [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_signal_exits_non_zero_and_the_documented_resume_finishes_the_run(tmp_path, name, code):
     """SIGTERM mid-training exited 0 (Lightning ends the fit with a SystemExit without a code); and
