@@ -199,12 +199,16 @@ class CoDiEmbModule(L.LightningModule):
         # Lightning does not save RNG states; dropout masks after a resume must match the uninterrupted run.
         checkpoint["codiemb_rng_states"] = rng_states()
         checkpoint["codiemb_steps"] = {"task": dict(self.steps_by_task), "dataset": dict(self.steps_by_dataset)}
+        # the windows' write positions (plain ints, not metric states): a resume fills the same slots
+        checkpoint["codiemb_loss_avg_seen"] = {task: m._num_vals_seen for task, m in self.loss_avg.items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})  # a checkpoint from before the loss averages: start them empty
         for key, value in self.state_dict().items():
             if key.startswith("loss_avg.") and key not in state:
                 state[key] = value
+        for task, seen in checkpoint.get("codiemb_loss_avg_seen", {}).items():
+            self.loss_avg[task]._num_vals_seen = int(seen)
         self._restored_rng = checkpoint.get("codiemb_rng_states")
         steps = checkpoint.get("codiemb_steps", {})  # the sampler/steps_* counters go on from where they were
         self.steps_by_task, self.steps_by_dataset = dict(steps.get("task", {})), dict(steps.get("dataset", {}))
