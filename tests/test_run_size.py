@@ -4,24 +4,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_best_export import train as train_py
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ["model=tiny", "data.num_workers=0", "checkpoint_every_n_steps=10", "merge=none", "~callbacks.validation"]
 
 
 def train(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
-    env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    run_dir = tmp_path / "run"
-    result = subprocess.run([sys.executable, "train.py", *SIZE, *args, f"paths.log_dir={tmp_path / 'logs'}",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result, run_dir = train_py(tmp_path, *args, size=SIZE)
     assert result.returncode == 0, result.stderr[-3000:]
     return result, run_dir
 
