@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import codiemb.merge.methods  # noqa: F401  (registers the built-in methods)
 from codiemb.errors import ConfigError
 from codiemb.merge.registry import get_method
+from codiemb.utils.overrides import override_key
 
 # Keys of a `merge` config that are not method options.
 CONFIG_KEYS = ("method", "base", "checkpoints", "runs", "select", "output", "evaluate", "score_key")
@@ -31,7 +32,7 @@ def user_set_keys(user_overrides: Sequence[str] | None, group: str = GROUP) -> s
         return None
     keys = set()
     for override in user_overrides:
-        key = str(override).split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key.startswith(group + "."):
             keys.add(key[len(group) + 1:].split(".", 1)[0])
     return keys

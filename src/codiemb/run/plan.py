@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from codiemb.errors import ConfigError
+from codiemb.utils.overrides import override_key
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def uncap_max_steps(cfg: DictConfig, overrides: list[str]) -> None:
     """An explicit ``trainer.max_steps`` on the command line is the run's length: a default epoch count
     (``trainer=cpu``'s ``max_epochs: 1``, an experiment's) no longer stops it first. ``trainer.max_epochs``
     given too still counts."""
-    keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    keys = {override_key(o) for o in overrides}
     steps = cfg.trainer.get("max_steps")
     if "trainer.max_steps" not in keys or "trainer.max_epochs" in keys or steps in (None, -1):
         return
@@ -150,7 +151,7 @@ def choose_val_sets(cfg: DictConfig, overrides: list[str]) -> tuple[list, dict[s
         return [], {"source": "none", "sets": []}
     val = cfg.get("val") or {}
     sets = OmegaConf.to_container(val.get("sets"), resolve=True) if val.get("sets") else []
-    named = any(o.split("=", 1)[0].lstrip("+~") in ("eval@val", "val", "val.sets") for o in overrides)
+    named = any(override_key(o) in ("eval@val", "val", "val.sets") for o in overrides)
     if not sets or named or not _bundled(sets, cfg, "example/val") or _bundled(
             OmegaConf.to_container(cfg.data.get("datasets") or [], resolve=True), cfg, "example"):
         return sets, {"source": "config", "sets": [s.get("name") for s in sets]}

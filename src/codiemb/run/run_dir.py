@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from codiemb.errors import ConfigError
+from codiemb.utils.overrides import override_key
 
 LOCK_NAME = ".codiemb.lock"
 HYDRA_SUBDIR = ".hydra"
@@ -218,18 +219,15 @@ def with_saved_overrides(argv: list[str]) -> list[str]:
         return argv
     import yaml
 
-    def key(override: str) -> str:
-        return override.split("=", 1)[0].lstrip("+~")
-
-    typed = {key(a) for a in args if not a.startswith("-")}
+    typed = {override_key(a) for a in args if not a.startswith("-")}
 
     def covers(k: str, override: str) -> bool:  # typed `callbacks.x` (or `~callbacks.x`) covers `callbacks.x.step`
-        return key(override) == k or key(override).startswith(k + ".")
+        return override_key(override) == k or override_key(override).startswith(k + ".")
 
     stored = [str(o) for o in yaml.safe_load(saved_file.read_text()) or []]
     saved = [o for o in stored if not any(covers(k, o) for k in typed)]
     # a typed `~x` whose node only the saved `+x...` overrides added: dropping those is the whole deletion
-    args = [a for a in args if not (a.startswith("~") and any(covers(key(a), o) and o.startswith("+")
+    args = [a for a in args if not (a.startswith("~") and any(covers(override_key(a), o) and o.startswith("+")
                                                                 for o in stored))]
     if saved:
         print(f"resume=auto: composing {run_dir}'s config again with its overrides {' '.join(saved)}",
