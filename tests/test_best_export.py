@@ -17,15 +17,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = ["model=tiny", "checkpoint_every_n_steps=2", "data.num_workers=0"]
+ENV = {**{k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}, "HF_HUB_OFFLINE": "1",
+       "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def train(tmp_path: Path, *args: str, size: list[str] = SIZE) -> tuple[subprocess.CompletedProcess, Path]:
     """``python train.py <size> <args>`` as a user runs it, logs and run directory under ``tmp_path``."""
-    env = {k: v for k, v in os.environ.items() if k != "PROJECT_ROOT"}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     run_dir = tmp_path / "run"
     result = subprocess.run([sys.executable, "train.py", *size, *args, f"paths.log_dir={tmp_path / 'logs'}",
-                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             f"hydra.run.dir={run_dir}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                             timeout=600)
     return result, run_dir
 

@@ -199,7 +199,8 @@ def test_a_tiny_run_self_distils_and_resumes_to_the_same_weights(compose_cfg, tm
     from safetensors.torch import load_file
 
     overrides = FAST + ["module.self_distill.weight=0.3", "~callbacks.validation",
-                        "callbacks.model_checkpoint.save_top_k=-1"]  # keep step 2's .ckpt
+                        "callbacks.model_checkpoint.save_top_k=-1",  # keep step 2's .ckpt, after the run too
+                        "callbacks.model_checkpoint.keep_after_finish=true"]
     first = compose_cfg(overrides)
     result = train(first)
     out = Path(first.paths.output_dir)

@@ -66,7 +66,8 @@ def trained(clone) -> Path:
 
 def test_train_writes_what_the_readme_lists(trained):
     checkpoints = trained / "checkpoints"
-    for path in [checkpoints / "initial", checkpoints / "step_000004", checkpoints / "last.ckpt",
+    assert not list(checkpoints.glob("*.ckpt"))  # removed once the run finished (keep_after_finish=false)
+    for path in [checkpoints / "initial", checkpoints / "step_000004", checkpoints / "finished.json",
                  trained / "merged" / "model.safetensors", trained / "merged" / "merge_report.json",
                  trained / "csv" / "metrics.csv", trained / ".hydra" / "config.yaml", trained / "train.log"]:
         assert path.exists(), path

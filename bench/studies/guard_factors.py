@@ -72,6 +72,11 @@ RUNS = {
                     "joint recipe without the STS composite's middle-layer InfoNCE term"),
     # the same recipe on another seed: how far two runs differ by chance
     "joint_seed43": (["seed=43"], STSB_DEV + STS12, "joint recipe, seed 43 (recipe runs: seed 42)"),
+    # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
+    **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
+        [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
+        f"joint recipe + self-distillation from the base model, weight {w}, seed {seed}")
+       for w in (0.1, 0.3, 1.0) for seed in (42, 43)},
 }
 
 
@@ -109,6 +114,7 @@ def loso_runs(loss: str, sources=LOSO_SOURCES) -> dict:
 
 def train(name: str, overrides: list[str]) -> tuple[Path, float, str]:
     run_dir = ROOT / "logs" / "guard" / "runs" / name
+    log_file, cmd_file = run_dir.parent / f"{name}.log", run_dir.parent / f"{name}.cmd"  # names may hold dots
     overridden = {o.split("=", 1)[0] for o in overrides}
     common = [c for c in COMMON if c.split("=", 1)[0] not in overridden]  # Hydra refuses a key given twice
     cmd = [sys.executable, "train.py", *common, *overrides, f"hydra.run.dir={run_dir}"]
@@ -118,12 +124,12 @@ def train(name: str, overrides: list[str]) -> tuple[Path, float, str]:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"[guard] {shown}", flush=True)
         started = time.perf_counter()
-        with open(run_dir.with_suffix(".log"), "w") as log:
+        with open(log_file, "w") as log:
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)
         done.write_text(f"{time.perf_counter() - started:.1f}")
-        run_dir.with_suffix(".cmd").write_text(shown + "\n")
+        cmd_file.write_text(shown + "\n")
     # the command as actually run (a run started by hand or by an earlier version of this script)
-    shown = run_dir.with_suffix(".cmd").read_text().strip() if run_dir.with_suffix(".cmd").exists() else shown
+    shown = cmd_file.read_text().strip() if cmd_file.exists() else shown
     return run_dir, float(done.read_text()), shown
 
 

@@ -17,7 +17,8 @@ def test_lora_trains_adapters_and_exports_merged_weights(compose_cfg):
     from sentence_transformers import SentenceTransformer
 
     cfg = compose_cfg(FAST + ["model=tiny", "model.lora.enabled=true", f"model.lora.r={R}",
-                              f"model.lora.alpha={ALPHA}", "model.lora.dropout=0.0", "merge=delta", "logger=csv"])
+                              f"model.lora.alpha={ALPHA}", "model.lora.dropout=0.0", "merge=delta", "logger=csv",
+                              "callbacks.model_checkpoint.keep_after_finish=true"])  # the .ckpt is read below
     result = train(cfg)
     checkpoints = Path(result["exports"][-1]).parent
     initial = load_file(checkpoints / "initial" / "model.safetensors")

@@ -80,7 +80,8 @@ def test_a_run_killed_during_its_final_merge_is_finished_by_resume(compose_cfg, 
 
 @pytest.fixture
 def finished_run(compose_cfg):
-    cfg = compose_cfg(FAST + ["merge=delta"])
+    # as if killed just before the end: its .ckpt files still there (a finished run removes them by default)
+    cfg = compose_cfg(FAST + ["merge=delta", "callbacks.model_checkpoint.keep_after_finish=true"])
     train(cfg)
     run = Path(cfg.paths.output_dir)
     (run / "checkpoints" / "finished.json").unlink()  # as if killed before the end: a resume re-merges

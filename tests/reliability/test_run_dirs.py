@@ -21,6 +21,7 @@ from codiemb.errors import ConfigError
 from codiemb.run.train import train
 from tests.conftest import ROOT
 
+KEEP = "callbacks.model_checkpoint.keep_after_finish=true"
 FAST = ["model=tiny", "trainer=default", "trainer.max_steps=2", "checkpoint_every_n_steps=2", "data.num_workers=0",
         "merge=none", "~callbacks.validation", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false"]
 TINY_RUN = ["model=tiny", "trainer=default", "trainer.max_steps=3", "checkpoint_every_n_steps=2",
@@ -159,7 +160,7 @@ def test_multirun_jobs_get_their_own_directories(tmp_path):
 
 # ---------------------------------------------------------------- resume checks before the model loads
 def test_a_resume_with_other_batch_settings_is_refused_unless_allowed(compose_cfg, tmp_path, monkeypatch):
-    train(compose_cfg(FAST))
+    train(compose_cfg(FAST + [KEEP]))  # its .ckpt files outlive the run
     resumed = FAST + ["resume=auto", "trainer.max_steps=3"]
     from codiemb.models.encoder import Encoder
     real = Encoder.from_pretrained
@@ -197,7 +198,7 @@ def test_max_epochs_zero_warns_that_nothing_was_trained(compose_cfg, caplog):
 
 
 def test_a_checkpoint_already_at_the_end_warns_that_nothing_was_trained(compose_cfg, tmp_path, caplog):
-    train(compose_cfg(FAST))
+    train(compose_cfg(FAST + [KEEP]))  # its .ckpt files outlive the run
     (tmp_path / "checkpoints" / "finished.json").unlink()  # as if killed during the merge: resumable
     with caplog.at_level(logging.WARNING):
         result = train(compose_cfg(FAST + ["resume=auto"]))

@@ -212,7 +212,14 @@ def use_atomic_checkpoint_io(trainer: L.Trainer) -> None:
 class StepCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that writes every ``.ckpt`` atomically in its own directory
     (:class:`AtomicCheckpointIO`) and also saves at the end of training when the last step was not a multiple of
-    ``every_n_train_steps``, so the final weights always have a resumable checkpoint."""
+    ``every_n_train_steps``, so the final weights always have a resumable checkpoint.
+
+    ``keep_after_finish``: a finished run (merge done, ``checkpoints/finished.json`` written) keeps its ``.ckpt``
+    files only when true; the run itself reads it (:class:`codiemb.run.resume.RunSession`), not this callback."""
+
+    def __init__(self, *args, keep_after_finish: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_after_finish = bool(keep_after_finish)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -50,6 +50,7 @@ class RunPlan:
     nodes: dict[str, Any] = field(default_factory=dict)  # config nodes to instantiate: data, module, trainer ...
     warnings: list[str] = field(default_factory=list)  # said before the run starts; repeated in the summary
     validation: dict[str, Any] = field(default_factory=dict)  # where val_sets come from (summary.json "validation")
+    keep_checkpoints: bool = False  # callbacks.model_checkpoint.keep_after_finish: .ckpt files outlive the run
     deliver: str = "merged"  # deliver=merged (the merge stage's model; the last export with merge=none) | best
 
     @property
@@ -94,12 +95,14 @@ def build_plan(cfg: DictConfig) -> RunPlan:
                                                 cfg.trainer.get("accelerator", "cpu"))
     with open_dict(cfg):
         cfg.trainer.precision = precision
-    checkpoint_dir = (callbacks.get("model_checkpoint") or {}).get("dirpath")
+    checkpointing = callbacks.get("model_checkpoint") or {}
+    checkpoint_dir = checkpointing.get("dirpath")
     loss = cfg.get("loss") or {}
     plan = RunPlan(
         output_dir=Path(cfg.paths.output_dir),
         checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else Path(cfg.paths.output_dir) / "checkpoints",
         export_enabled=bool(callbacks.get("model_export")),
+        keep_checkpoints=bool(checkpointing.get("keep_after_finish", True)) or not callbacks.get("model_export"),
         val_sets=val_sets, merge=merge, ckpt_path=cfg.get("ckpt_path"), resume=cfg.get("resume"),
         allow_changes=bool(cfg.get("resume_allow_changes")), seed=cfg.get("seed"),
         precision=precision, precision_line=line, optimized_metric=cfg.get("optimized_metric"),

@@ -8,7 +8,9 @@
 * :meth:`RunSession.prepare`: the merge base and earlier exports come from the checkpoint; the metrics
   history continues (CSV rows after the checkpoint's step are dropped, TensorBoard purges them, W&B keeps
   its run id).
-* :meth:`RunSession.finish`: ``checkpoints/finished.json`` marks the run complete (merge included).
+* :meth:`RunSession.finish`: ``checkpoints/finished.json`` marks the run complete (merge included), then removes
+  the ``.ckpt`` files unless ``callbacks.model_checkpoint.keep_after_finish=true`` (the exports and the merged
+  model hold every weight; a ``.ckpt`` only adds the optimizer state needed to train further).
 """
 
 from __future__ import annotations
@@ -116,14 +118,20 @@ class RunSession:
         log.warning(note)
         self.notes.append(note)
 
-    def finish(self, global_step: int, limits: dict[str, float], result: dict[str, Any]) -> None:
-        """Mark the run complete (after its merge): ``resume=auto`` on it again then changes nothing."""
+    def finish(self, global_step: int, limits: dict[str, float], result: dict[str, Any],
+               keep_checkpoints: bool = True) -> None:
+        """Mark the run complete (after its merge): ``resume=auto`` on it again then changes nothing. Without
+        ``keep_checkpoints`` the ``.ckpt`` files go once the mark is written (never before: a run that dies
+        earlier keeps what its resume needs)."""
         if process_rank() == 0 and global_step > 0:
-            record = {"global_step": int(global_step), **limits,
+            record = {"global_step": int(global_step), **limits, "checkpoints_removed": not keep_checkpoints,
                       "result": {k: result.get(k) for k in ("metrics", "output_dir", "exports", "merged")}}
             path = self.checkpoint_dir / FINISHED
             if path.parent.is_dir():
                 atomic_write_text(path, json.dumps(record, indent=1, default=str) + "\n")
+                if not keep_checkpoints:
+                    for ckpt in self.checkpoint_dir.glob("*.ckpt"):
+                        ckpt.unlink()
         self.close()
 
     def close(self) -> None:
@@ -163,6 +171,11 @@ def open_run(plan: RunPlan) -> RunSession:
             discard_hydra_output(session.output_dir)
             raise
     if not ckpt_path:
+        if plan.resume and (plan.checkpoint_dir / FINISHED).is_file():  # finished, its .ckpt files removed
+            try:
+                session.finished = _finished_without_checkpoint(plan, session)
+            finally:
+                discard_hydra_output(session.output_dir)  # a finished run stays exactly as it was
         return session
     try:  # a checkpoint that cannot be resumed gives the directory and its lock back (an in-process sweep goes on)
         session.ckpt_path, session.checkpoint = ckpt_path, read_checkpoint(ckpt_path, plan.output_dir)
@@ -182,10 +195,12 @@ def _refuse_other_run(plan: RunPlan, ckpt_path: str | None) -> None:
     """A run directory holds one run: a fresh run (or one resuming another directory's checkpoint) must not
     write its checkpoints beside an earlier run's."""
     ckpts = plan.checkpoint_dir
-    if not ckpts.is_dir() or not any(ckpts.glob("*.ckpt")):
+    if not ckpts.is_dir() or not (any(ckpts.glob("*.ckpt")) or (ckpts / FINISHED).is_file()):
         return
     if ckpt_path and Path(ckpt_path).resolve().parent == ckpts.resolve():
         return
+    if not ckpt_path and plan.resume and not any(ckpts.glob("*.ckpt")):
+        return  # resume=auto on a finished run whose .ckpt files were removed: open_run answers it
     raise ConfigError(f"run directory {plan.output_dir} already holds a run ({ckpts}); continue it with "
                       f"resume=auto hydra.run.dir={plan.output_dir}, or start this run in its own directory "
                       "(drop hydra.run.dir, or give another one)")
@@ -214,6 +229,25 @@ def _finished(plan: RunPlan, session: RunSession) -> dict[str, Any] | None:
     result = dict(record.get("result") or {})
     result["finished_before"] = True
     return result
+
+
+def _finished_without_checkpoint(plan: RunPlan, session: RunSession) -> dict[str, Any]:
+    """``resume=auto`` on a run that finished and removed its ``.ckpt`` files: nothing to do, or (limits
+    raised) one line on how to train further."""
+    record = json.loads((plan.checkpoint_dir / FINISHED).read_text())
+    if any(plan.limits[k] > float(record.get(k, math.inf)) for k in plan.limits):
+        session.close()
+        exports = (record.get("result") or {}).get("exports") or []
+        start = f"model.name_or_path={exports[-1]}" if exports else "model.name_or_path=<its last export>"
+        raise ConfigError(f"run {session.output_dir} finished at step {record.get('global_step')} and removed its "
+                          ".ckpt files (callbacks.model_checkpoint.keep_after_finish=false), so it cannot be "
+                          f"continued; train further in a new run from its last export ({start}), or keep the "
+                          "files next time with callbacks.model_checkpoint.keep_after_finish=true")
+    message = (f"codiemb: run {session.output_dir} already finished (step {record.get('global_step')}); nothing "
+               "to do.")
+    log.warning(message)
+    print(message, flush=True)
+    return {**(record.get("result") or {}), "finished_before": True}
 
 
 def _check_model(plan: RunPlan, session: RunSession) -> None:

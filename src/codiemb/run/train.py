@@ -89,9 +89,10 @@ def _fit(plan: RunPlan, session: RunSession, started: float) -> dict[str, Any]:
                               "precision": plan.precision_line, "warnings": session.notes}
     if export is not None:
         deliver(plan, step, trainer.loggers, module, export, result)  # merge, score, describe what is delivered
+    result["checkpoints_kept"] = plan.keep_checkpoints
     result["wall_time_s"] = time.perf_counter() - started
     write_summary(result, plan.output_dir, plan.overrides)
-    session.finish(step, plan.limits, result)  # checkpoints/finished.json; releases the directory
+    session.finish(step, plan.limits, result, plan.keep_checkpoints)  # finished.json, .ckpt files go; unlocks
     print_summary(result)
     finish_loggers(trainer.loggers)
     return result

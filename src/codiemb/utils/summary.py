@@ -28,7 +28,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"validation         {', '.join(validation['sets'])}")
     exports = result.get("exports") or []
     if exports:
-        lines.append(f"checkpoints        {len(exports)} exported models + .ckpt files in {exports[-1].rsplit('/', 1)[0]}")
+        where = exports[-1].rsplit('/', 1)[0]
+        if result.get("checkpoints_kept", True):
+            lines.append(f"checkpoints        {len(exports)} exported models + .ckpt files in {where}")
+        else:
+            lines.append(f"checkpoints        {len(exports)} exported models in {where} (the .ckpt files are removed "
+                         "once the run has finished; callbacks.model_checkpoint.keep_after_finish=true keeps them)")
         lines.append(f"final model        {exports[-1]}")
     best = result.get("best_export")
     if best:
