@@ -80,6 +80,23 @@ def test_a_matching_cache_is_reused_and_a_changed_option_mines_again(tmp_path, t
     assert all(len(json.loads(line)["negatives"]) == 1 for line in out.read_text().splitlines())
 
 
+def test_a_dropout_override_reuses_the_cache_and_another_config_override_mines_again(tmp_path, tiny_model,
+                                                                                     monkeypatch):
+    """Mining encodes in eval mode, where dropout does nothing: a recipe that only changes a dropout rate reads
+    the same negatives (it re-mined for 20 minutes); any other config override still mines again."""
+    calls = count_mining(monkeypatch)
+    out = tmp_path / "support.jsonl"
+    resolve_mined_specs([spec(out)], tiny_model)
+    first = out.read_text()
+    no_dropout = {**tiny_model, "config_overrides": {**tiny_model["config_overrides"],
+                                                     "attention_probs_dropout_prob": 0.0}}
+    resolve_mined_specs([spec(out)], no_dropout)
+    assert len(calls) == 1 and out.read_text() == first
+    wider = {**tiny_model, "config_overrides": {**tiny_model["config_overrides"], "intermediate_size": 48}}
+    resolve_mined_specs([spec(out)], wider)
+    assert len(calls) == 2
+
+
 def test_specs_without_mine_pass_through_and_other_ranks_never_mine(tmp_path, tiny_model):
     plain = {"name": "support", "task": "ir", "format": "jsonl", "path": SUPPORT}
     assert resolve_mined_specs([plain], tiny_model) == [plain]

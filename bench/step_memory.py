@@ -1,0 +1,105 @@
+"""Memory of one training step of a recipe, by task: the process's RSS rise over a forward + backward on the
+recipe's own batches (the largest of the first ones of each task), for the settings given on the command line.
+
+    python bench/step_memory.py                                          # experiment=real_cpu as it is
+    python bench/step_memory.py model.attn_implementation=eager          # any train.py override
+    python bench/step_memory.py --steps 8 module.embed_chunk_size=16
+
+Prints, per task, the batch's shape and the peak RSS above the RSS before the step (sampled every 2 ms by a
+thread, so short peaks count) and after it (what the allocator kept). bench/rss.py profiles a whole run; this
+looks inside its steps. Results for the record go to BENCHMARKS.md with the command, the CPU and the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+
+class Peak(threading.Thread):
+    def __init__(self):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="batches of each task to try (the longest counts)")
+    parser.add_argument("--experiment", default="real_cpu")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    import psutil
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from codiemb.mining.cache import resolve_mined_specs
+    from codiemb.run import resolvers
+
+    resolvers.register()
+    recipe = [f"experiment={args.experiment}", f"paths.root_dir={ROOT}"]
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[*recipe, *args.overrides], return_hydra_config=True)
+        plain = compose("train", overrides=recipe, return_hydra_config=True)
+    # the recipe's own mined negatives (a model override such as config_overrides would otherwise mine anew)
+    specs = resolve_mined_specs(OmegaConf.to_container(plain.data.datasets, resolve=True),
+                                OmegaConf.to_container(plain.model, resolve=True))
+    with open_dict(cfg):
+        cfg.data.datasets = specs
+        cfg.data.num_workers = 0
+    data = instantiate(cfg.data)
+    data.load()
+    module = instantiate(cfg.module)
+    module.train()
+    data.attach_tokenizer(module.encoder.tokenizer, module.encoder.settings())
+    batches: dict[str, list] = {"ir": [], "sts": []}
+    for batch in data.loader(data.build_sampler()):
+        if len(batches[batch["task"]]) < args.steps:
+            batches[batch["task"]].append(batch)
+        if all(len(v) >= args.steps for v in batches.values()):
+            break
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6)
+    proc = psutil.Process()
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, attention "
+          f"{getattr(module.encoder.backbone.config, '_attn_implementation', '?')}, overrides {args.overrides}")
+    for task, items in batches.items():
+        worst = None
+        for batch in items:
+            shapes = {k: tuple(batch[k]["input_ids"].shape) for k in ("query", "passages")}
+            before = proc.memory_info().rss
+            peak = Peak()
+            peak.start()
+            started = time.perf_counter()
+            loss, _ = module.compute_loss(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.perf_counter() - started
+            peak.stop.set()
+            peak.join()
+            row = (peak.peak - before, proc.memory_info().rss - before, seconds, shapes)
+            worst = row if worst is None or row[0] > worst[0] else worst
+            print(f"  {task}: {shapes}  peak +{(peak.peak - before) >> 20} MiB, kept "
+                  f"+{(proc.memory_info().rss - before) >> 20} MiB, {seconds:.2f} s", flush=True)
+        print(f"{task}: worst step peak +{worst[0] >> 20} MiB over the RSS before it ({worst[3]})")
+    print(f"process RSS at the end {proc.memory_info().rss >> 20} MiB; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+
+
+if __name__ == "__main__":
+    main()
