@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import re
 import subprocess
@@ -119,8 +118,10 @@ def main() -> None:
     for phase in sorted(result["phases"], key=lambda p: -p["peak_pss_mib"])[:15]:
         print(f"{phase['peak_pss_mib']:>7} MiB PSS  {phase['peak_rss_mib']:>7} MiB RSS  t={phase['from_s']:>7}s  "
               f"{phase['line']}")
-    if args.out:
-        Path(args.out).write_text(json.dumps({"command": " ".join(cmd), **result}, indent=1) + "\n")
+    if args.out:  # the measured command, beside this script's own provenance (bench/provenance.py)
+        from provenance import write_result
+
+        write_result(args.out, {"measured_command": " ".join(cmd), **result}, result["started_unix"])
     sys.exit(result["returncode"])
 
 

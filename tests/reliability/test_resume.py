@@ -30,7 +30,8 @@ STEPS, EVERY, STEPS_PER_EPOCH = 12, 5, 10
 BASE = ["model=tiny", "trainer=default", f"trainer.max_steps={STEPS}", f"checkpoint_every_n_steps={EVERY}",
         "data.num_workers=0", "data.ir_batch_size=32", "data.sts_batch_size=64", "merge=delta",
         "trainer.log_every_n_steps=1", "~callbacks.validation", "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false"]
+        "+trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.keep_after_finish=true"]  # the finished runs' .ckpt files are compared
 
 
 def train_subprocess(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
