@@ -135,6 +135,43 @@ def score(label: str, model: Path, note: str, cmd: str, train_s: float, out: Pat
                             stderr=subprocess.STDOUT)
 
 
+def table(out: Path) -> str:
+    """Markdown rows from the result files: the base (bench/results/guard/base.json; its test scores are the
+    MTEB anchors of BENCHMARKS section 5), then codiemb and the peer for every seed scored."""
+    sys.path.insert(0, str(ROOT / "bench" / "studies"))
+    from guard_factors import STS12, STSB_DEV
+    from guard_table import verdict
+
+    base = json.loads((ROOT / "bench" / "results" / "guard" / "base.json").read_text())
+    rows = ["| model | seed | STS-B test | SciFact | Vaswani | val: STS-B dev | val: SciFact holdout | guard mean "
+            "delta (6 unseen sets) | sets below base | worst set | training wall | training peak PSS (RSS) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def main_scores(payload: dict, group: str, names: list[str]) -> list[str]:
+        sets = payload["groups"].get(group, {}).get("sets", {})
+        return [f"{sets[n]['main_score']:.2f}" if n in sets else "-" for n in names]
+
+    base_val = main_scores(base, "real_holdout", ["stsb_dev", "scifact_holdout"])
+    rows.append(f"| base all-MiniLM-L6-v2 | - | 82.03 | 64.51 | 43.35 | {' | '.join(base_val)} | 0 | - | - | - | - |")
+    for run in sorted(out.glob("seed*.json")):
+        bench = json.loads(run.read_text())
+        for side in ("codiemb", "peer"):
+            scores = out / f"{side}_seed{bench['seed']}.json"
+            if not scores.is_file():
+                continue
+            payload = {**json.loads(scores.read_text()), "in_domain": STSB_DEV + STS12}  # both trained on them
+            v = verdict(payload, base, 0.0)
+            test = main_scores(payload, "real_test", ["stsb_test", "scifact", "vaswani"])
+            val = main_scores(payload, "real_holdout", ["stsb_dev", "scifact_holdout"])
+            worst = v["worst"]
+            train = bench[side]
+            rows.append(f"| {side} | {bench['seed']} | {' | '.join(test)} | {' | '.join(val)} | "
+                        f"{v['mean_delta']:+.2f} | {len(v['below'])} of {v['n_ood']} | {worst[0]} {worst[1]:+.2f} | "
+                        f"{train['wall_s'] / 60:.1f} min | {train['peak_tree_pss_mib'] / 1024:.2f} GiB "
+                        f"({train['peak_tree_rss_mib'] / 1024:.2f}) |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=42)
@@ -142,8 +179,11 @@ def main(argv=None) -> None:
     parser.add_argument("--no-eval", action="store_true", help="train and measure only")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "peer"))
     parser.add_argument("--work", default=str(ROOT / "logs" / "bench" / "peer"), help="runs and models (deleted)")
+    parser.add_argument("--table", action="store_true", help="print the table from the result files in --out")
     parser.add_argument("--child-peer", nargs=2, metavar=("DATA", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.table:
+        return print(table(Path(args.out)))
     if args.child_peer:
         return train_peer(Path(args.child_peer[0]), Path(args.child_peer[1]), args.seed, args.max_steps)
 
