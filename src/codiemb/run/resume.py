@@ -215,27 +215,31 @@ def _finished(plan: RunPlan, session: RunSession) -> dict[str, Any] | None:
         return None
     if record.get("global_step") != session.start_step:
         return None  # the run went on after it was marked (or was resumed from an earlier checkpoint)
-    now = plan.limits
-    if any(now[k] > float(record.get(k, math.inf)) for k in now):
+    if _limits_raised(plan, record):
         return None  # trainer.max_steps / max_epochs raised: train further
     if plan.ckpt_path:
         raise ConfigError(f"ckpt_path={session.ckpt_path} is the final checkpoint of a finished run (step "
                           f"{session.start_step}); nothing is left to train: raise trainer.max_steps or "
                           "trainer.max_epochs to train further")
-    message = (f"codiemb: run {session.output_dir} already finished (step {session.start_step}); nothing to do. "
-               "Raise trainer.max_steps or trainer.max_epochs to train further.")
-    log.warning(message)
-    print(message, flush=True)
-    result = dict(record.get("result") or {})
-    result["finished_before"] = True
-    return result
+    return _already_finished(session, record, " Raise trainer.max_steps or trainer.max_epochs to train further.")
+
+
+def _limits_raised(plan: RunPlan, record: dict) -> bool:
+    return any(plan.limits[k] > float(record.get(k, math.inf)) for k in plan.limits)
+
+
+def _already_finished(session: RunSession, record: dict, hint: str = "") -> dict[str, Any]:
+    message = f"codiemb: run {session.output_dir} already finished (step {record.get('global_step')}); nothing to do."
+    log.warning(message + hint)
+    print(message + hint, flush=True)
+    return {**(record.get("result") or {}), "finished_before": True}
 
 
 def _finished_without_checkpoint(plan: RunPlan, session: RunSession) -> dict[str, Any]:
     """``resume=auto`` on a run that finished and removed its ``.ckpt`` files: nothing to do, or (limits
     raised) one line on how to train further."""
     record = json.loads((plan.checkpoint_dir / FINISHED).read_text())
-    if any(plan.limits[k] > float(record.get(k, math.inf)) for k in plan.limits):
+    if _limits_raised(plan, record):
         session.close()
         exports = (record.get("result") or {}).get("exports") or []
         start = f"model.name_or_path={exports[-1]}" if exports else "model.name_or_path=<its last export>"
@@ -243,11 +247,7 @@ def _finished_without_checkpoint(plan: RunPlan, session: RunSession) -> dict[str
                           ".ckpt files (callbacks.model_checkpoint.keep_after_finish=false), so it cannot be "
                           f"continued; train further in a new run from its last export ({start}), or keep the "
                           "files next time with callbacks.model_checkpoint.keep_after_finish=true")
-    message = (f"codiemb: run {session.output_dir} already finished (step {record.get('global_step')}); nothing "
-               "to do.")
-    log.warning(message)
-    print(message, flush=True)
-    return {**(record.get("result") or {}), "finished_before": True}
+    return _already_finished(session, record)
 
 
 def _check_model(plan: RunPlan, session: RunSession) -> None:
