@@ -4,6 +4,8 @@ recipe's own batches (the largest of the first ones of each task), for the setti
     python bench/step_memory.py                                          # experiment=real_cpu as it is
     python bench/step_memory.py model.attn_implementation=eager          # any train.py override
     python bench/step_memory.py --steps 8 module.embed_chunk_size=16
+    python bench/step_memory.py --against +model.config_overrides.attention_probs_dropout_prob=0.0
+        # step time only: the recipe and the recipe with those overrides, alternating on the same batches
 
 Prints, per task, the batch's shape and the peak RSS above the RSS before the step (sampled every 2 ms by a
 thread, so short peaks count) and after it (what the allocator kept). bench/rss.py profiles a whole run; this
@@ -40,6 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="batches of each task to try (the longest counts)")
     parser.add_argument("--experiment", default="real_cpu")
+    parser.add_argument("--against", nargs="+", default=None, metavar="OVERRIDE",
+                        help="time each batch's step with and without these overrides, alternating (same weights)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -74,6 +78,8 @@ def main() -> None:
             batches[batch["task"]].append(batch)
         if all(len(v) >= args.steps for v in batches.values()):
             break
+    if args.against:
+        return race(module, cfg, [*recipe, *args.overrides, *args.against], batches)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6)
     proc = psutil.Process()
     print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, attention "
@@ -99,6 +105,38 @@ def main() -> None:
                   f"+{(proc.memory_info().rss - before) >> 20} MiB, {seconds:.2f} s", flush=True)
         print(f"{task}: worst step peak +{worst[0] >> 20} MiB over the RSS before it ({worst[3]})")
     print(f"process RSS at the end {proc.memory_info().rss >> 20} MiB; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+
+
+def race(module, cfg, overrides: list[str], batches: dict) -> None:
+    """Step time of ``module`` and of the same recipe with ``overrides``, alternating batch by batch (a loaded
+    machine slows both alike); the ratio per task is the sum of B's times over the sum of A's."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        other_cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    other = instantiate(other_cfg.module)
+    other.load_state_dict(module.state_dict())
+    other.train()
+    pairs = [(module, torch.optim.AdamW(module.parameters(), lr=1e-6)),
+             (other, torch.optim.AdamW(other.parameters(), lr=1e-6))]
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}; B = A + {overrides[2:]}")
+    for task, items in batches.items():
+        totals = [0.0, 0.0]
+        for batch in items:
+            seconds = []
+            for k, (model, optimizer) in enumerate(pairs):
+                started = time.perf_counter()
+                loss, _ = model.compute_loss(batch)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                seconds.append(time.perf_counter() - started)
+                totals[k] += seconds[-1]
+            shapes = {k: tuple(batch[k]["input_ids"].shape) for k in ("query", "passages")}
+            print(f"  {task}: {shapes}  A {seconds[0]:.2f} s, B {seconds[1]:.2f} s", flush=True)
+        print(f"{task}: B/A step time {totals[1] / totals[0]:.3f} over {len(items)} batches")
 
 
 if __name__ == "__main__":
