@@ -40,9 +40,9 @@ from rss import measure  # noqa: E402
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 
 
-def recipe(seed: int) -> tuple[list[dict], dict, str]:
-    """experiment=real_cpu's dataset specs (mined caches resolved: mines once, here, before anything runs
-    concurrently), its model node and its data cache directory."""
+def recipe(overrides: list[str]):
+    """``train.py``'s config with ``overrides`` and its dataset specs with every mined cache resolved (mines once,
+    here, before anything runs concurrently). Also bench/step_memory.py's."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -51,11 +51,10 @@ def recipe(seed: int) -> tuple[list[dict], dict, str]:
 
     resolvers.register()
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=real_cpu", f"seed={seed}", f"paths.root_dir={ROOT}"],
-                      return_hydra_config=True)
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    specs = resolve_mined_specs(OmegaConf.to_container(cfg.data.datasets, resolve=True), model)
-    return specs, model, str(cfg.data.cache_dir)
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides], return_hydra_config=True)
+    specs = resolve_mined_specs(OmegaConf.to_container(cfg.data.datasets, resolve=True),
+                                OmegaConf.to_container(cfg.model, resolve=True))
+    return cfg, specs
 
 
 def peer_rows(specs: list[dict], cache_dir: str, seed: int, out: Path) -> dict:
@@ -192,8 +191,8 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    specs, _, cache_dir = recipe(args.seed)
-    counts = peer_rows(specs, cache_dir, args.seed, work / "peer_data")
+    cfg, specs = recipe(["experiment=real_cpu", f"seed={args.seed}"])
+    counts = peer_rows(specs, str(cfg.data.cache_dir), args.seed, work / "peer_data")
     limit = [f"trainer.max_steps={args.max_steps}", "checkpoint_every_n_steps=2", "~callbacks.validation",
              "merge=uniform"] if args.max_steps else []  # a smoke run: no validation, the quickest merge
     ours_cmd = [sys.executable, "train.py", "experiment=real_cpu", f"seed={args.seed}", *limit,

@@ -4,8 +4,9 @@ recipe's own batches (the largest of the first ones of each task), for the setti
     python bench/step_memory.py                                          # experiment=real_cpu as it is
     python bench/step_memory.py model.attn_implementation=eager          # any train.py override
     python bench/step_memory.py --steps 8 module.embed_chunk_size=16
-    python bench/step_memory.py --against +model.config_overrides.attention_probs_dropout_prob=0.0
+    python bench/step_memory.py --against model.config_overrides.attention_probs_dropout_prob=0.1
         # step time only: the recipe and the recipe with those overrides, alternating on the same batches
+        # (real_cpu trains without attention dropout; 0.1 is the checkpoint's)
 
 Prints, per task, the batch's shape and the peak RSS above the RSS before the step (sampled every 2 ms by a
 thread, so short peaks count) and after it (what the allocator kept). bench/rss.py profiles a whole run; this
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from peer import recipe  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class Peak(threading.Thread):
@@ -49,21 +51,11 @@ def main() -> None:
 
     import psutil
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
-    from codiemb.mining.cache import resolve_mined_specs
-    from codiemb.run import resolvers
-
-    resolvers.register()
-    recipe = [f"experiment={args.experiment}", f"paths.root_dir={ROOT}"]
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[*recipe, *args.overrides], return_hydra_config=True)
-        plain = compose("train", overrides=recipe, return_hydra_config=True)
-    # the recipe's own mined negatives (a model override such as config_overrides would otherwise mine anew)
-    specs = resolve_mined_specs(OmegaConf.to_container(plain.data.datasets, resolve=True),
-                                OmegaConf.to_container(plain.model, resolve=True))
+    overrides = [f"experiment={args.experiment}", *args.overrides]
+    cfg, specs = recipe(overrides)  # a dropout override reuses the recipe's mined negatives (mining/cache.py)
     with open_dict(cfg):
         cfg.data.datasets = specs
         cfg.data.num_workers = 0
@@ -79,7 +71,7 @@ def main() -> None:
         if all(len(v) >= args.steps for v in batches.values()):
             break
     if args.against:
-        return race(module, cfg, [*recipe, *args.overrides, *args.against], batches)
+        return race(module, recipe([*overrides, *args.against])[0], args.against, batches)
     optimizer = torch.optim.AdamW(module.parameters(), lr=1e-6)
     proc = psutil.Process()
     print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, attention "
@@ -107,21 +99,18 @@ def main() -> None:
     print(f"process RSS at the end {proc.memory_info().rss >> 20} MiB; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
 
 
-def race(module, cfg, overrides: list[str], batches: dict) -> None:
-    """Step time of ``module`` and of the same recipe with ``overrides``, alternating batch by batch (a loaded
-    machine slows both alike); the ratio per task is the sum of B's times over the sum of A's."""
+def race(module, other_cfg, against: list[str], batches: dict) -> None:
+    """Step time of ``module`` and of the same recipe with ``against`` (``other_cfg``), alternating batch by batch
+    (a loaded machine slows both alike); the ratio per task is the sum of B's times over the sum of A's."""
     import torch
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        other_cfg = compose("train", overrides=overrides, return_hydra_config=True)
     other = instantiate(other_cfg.module)
     other.load_state_dict(module.state_dict())
     other.train()
     pairs = [(module, torch.optim.AdamW(module.parameters(), lr=1e-6)),
              (other, torch.optim.AdamW(other.parameters(), lr=1e-6))]
-    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}; B = A + {overrides[2:]}")
+    print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}; B = A + {against}")
     for task, items in batches.items():
         totals = [0.0, 0.0]
         for batch in items:

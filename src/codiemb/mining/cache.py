@@ -56,11 +56,10 @@ def ensure_mined(spec: dict, *, model: dict, rank: int = 0) -> dict:
     # The precision actually used goes into the meta: a cache mined in bf16 is not reused as fp32's.
     options["precision"] = resolve_short_precision(options.get("precision"), "cpu", "mining precision")
     encoder_options = {k: model[k] for k in ENCODER_KEYS if model.get(k) is not None}
-    if encoder_options.get("config_overrides"):  # dropout rates act in training only: mining encodes in eval mode
-        kept = {k: v for k, v in encoder_options["config_overrides"].items() if "dropout" not in str(k)}
-        encoder_options = {k: v for k, v in encoder_options.items() if k != "config_overrides"}
-        if kept:
-            encoder_options["config_overrides"] = kept
+    # dropout rates act in training only (mining encodes in eval mode): they neither change nor describe the cache
+    kept = {k: v for k, v in (encoder_options.pop("config_overrides", None) or {}).items() if "dropout" not in str(k)}
+    if kept:
+        encoder_options["config_overrides"] = kept
     reader_options = {k: v for k, v in spec.items() if k not in LOADING_KEYS}
     meta = {"input": reader_options, "model": model_path, "encoder": encoder_options, "options": options}
     meta_file = output.with_name(output.name + ".meta.json")

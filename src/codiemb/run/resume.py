@@ -195,11 +195,12 @@ def _refuse_other_run(plan: RunPlan, ckpt_path: str | None) -> None:
     """A run directory holds one run: a fresh run (or one resuming another directory's checkpoint) must not
     write its checkpoints beside an earlier run's."""
     ckpts = plan.checkpoint_dir
-    if not ckpts.is_dir() or not (any(ckpts.glob("*.ckpt")) or (ckpts / FINISHED).is_file()):
+    has_ckpt = ckpts.is_dir() and any(ckpts.glob("*.ckpt"))
+    if not (has_ckpt or (ckpts / FINISHED).is_file()):
         return
     if ckpt_path and Path(ckpt_path).resolve().parent == ckpts.resolve():
         return
-    if not ckpt_path and plan.resume and not any(ckpts.glob("*.ckpt")):
+    if not ckpt_path and plan.resume and not has_ckpt:
         return  # resume=auto on a finished run whose .ckpt files were removed: open_run answers it
     raise ConfigError(f"run directory {plan.output_dir} already holds a run ({ckpts}); continue it with "
                       f"resume=auto hydra.run.dir={plan.output_dir}, or start this run in its own directory "
