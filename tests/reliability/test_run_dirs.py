@@ -83,7 +83,7 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path,
     frozen = raw.replace("${now:%Y-%m-%d}_${now:%H-%M-%S}", "2026-01-01_00-00-00")
     assert frozen != raw
     log_dir = tmp_path / "logs"
-    runs = [start("train.py", *TINY_RUN, f"paths.log_dir={log_dir}", f"hydra.run.dir='{frozen}'", f"seed={seed}")
+    runs = [start("train.py", *TINY_RUN, KEEP, f"paths.log_dir={log_dir}", f"hydra.run.dir='{frozen}'", f"seed={seed}")
             for seed in (1, 2)]
     results = [finish(run) for run in runs]
     for code, _out, err in results:
@@ -149,7 +149,7 @@ def test_a_fresh_run_in_a_directory_holding_a_run_is_refused(compose_cfg, tmp_pa
 
 @pytest.mark.slow  # one multirun of two jobs: about 30 s
 def test_multirun_jobs_get_their_own_directories(tmp_path):
-    code, _out, err = finish(start("train.py", "-m", *FAST, "seed=1,2", f"paths.log_dir={tmp_path}"))
+    code, _out, err = finish(start("train.py", "-m", *FAST, KEEP, "seed=1,2", f"paths.log_dir={tmp_path}"))
     assert code == 0, err[-3000:]
     (sweep,) = (tmp_path / "train" / "multiruns").iterdir()
     assert not (tmp_path / "train" / "runs").exists()  # no stray single-run directory
