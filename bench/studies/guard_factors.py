@@ -72,6 +72,11 @@ RUNS = {
                     "joint recipe without the STS composite's middle-layer InfoNCE term"),
     # the same recipe on another seed: how far two runs differ by chance
     "joint_seed43": (["seed=43"], STSB_DEV + STS12, "joint recipe, seed 43 (recipe runs: seed 42)"),
+    # the recipe as it is since experiment=real_cpu dropped attention dropout (joint_recipe/joint_seed43 ran
+    # with it): the baseline the self-distillation runs are judged against, same revision, same seeds
+    **{f"joint_attn0{'' if seed == 42 else f'_seed{seed}'}": (
+        [] if seed == 42 else [f"seed={seed}"], STSB_DEV + STS12,
+        f"joint recipe (experiment=real_cpu, no attention dropout), seed {seed}") for seed in (42, 43)},
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
         [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
