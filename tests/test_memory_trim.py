@@ -60,3 +60,26 @@ def test_it_trims_every_n_steps_and_not_when_off(monkeypatch):
 def test_a_negative_interval_is_refused():
     with pytest.raises(ValueError, match="every_n_steps must be >= 0, got -1"):
         ReturnFreedMemory(every_n_steps=-1)
+
+
+def test_the_default_config_has_it_off_and_one_override_turns_it_on(compose_cfg):
+    from codiemb.run.train import instantiate_group
+
+    def trimmer(overrides):
+        (callback,) = [c for c in instantiate_group(compose_cfg(overrides).callbacks)
+                       if isinstance(c, ReturnFreedMemory)]
+        return callback
+    assert trimmer([]).every_n_steps == 0
+    assert trimmer(["callbacks.return_freed_memory.every_n_steps=1"]).every_n_steps == 1
+
+
+def test_a_lightning_fit_calls_it_after_every_optimizer_step(tmp_path):
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    callback = ReturnFreedMemory(every_n_steps=2)
+    calls = []
+    callback._trim = calls.append
+    Trainer(default_root_dir=tmp_path, max_steps=5, callbacks=[callback], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).fit(BoringModel())
+    assert callback.trims == 2  # after steps 2 and 4
