@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -53,31 +54,52 @@ def collate(module, recs):
     return Collator(module.encoder.tokenizer, max_positives=2, num_negatives=3)(list(enumerate(recs)))
 
 
-def run_rank(rank: int, world: int, port: int, out: str) -> None:
-    """Gradients for every (task, cross_device) case in one process group (spawning costs ~10 s each)."""
+def ddp_gradients(module, batch, world: int) -> dict[str, torch.Tensor]:
+    """This rank's gradients averaged over the ranks: exactly what DDP does to gradients."""
+    grads = gradients(module, batch)
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= world
+    return grads
+
+
+def shard(module, task: str, rank: int, world: int):
+    """This rank's share of ``records(task)``, collated."""
+    half = len(records(task)) // world
+    return collate(module, records(task)[rank * half:(rank + 1) * half])
+
+
+@contextlib.contextmanager
+def gloo_rank(rank: int, world: int, port: int):
+    """One rank of a local gloo process group (one thread) for the body of the ``with``; the process then leaves
+    without finalizing the interpreter: a gloo worker thread may drop the last collective's tensors only after
+    Python has begun to finalize; it then cannot take the GIL and the process aborts ("terminate called without an
+    active exception", seen in up to 1 run in 2 under load: ~AsyncAllgatherWork -> decref_pyobject -> take_gil ->
+    pthread_exit). Nothing is left to do by then."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
+        yield
+    finally:
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_rank(rank: int, world: int, port: int, out: str) -> None:
+    """Gradients for every (task, cross_device) case in one process group (spawning costs ~10 s each)."""
+    with gloo_rank(rank, world, port):
         results = {}
         for task in ("ir", "sts"):
             for cross_device in (True, False):
                 module = build()
                 module.ir_loss.cross_device = module.sts_loss.cross_device = cross_device
-                half = len(records(task)) // world
-                grads = gradients(module, collate(module, records(task)[rank * half:(rank + 1) * half]))
-                for g in grads.values():  # exactly what DDP does to gradients: average over ranks
-                    dist.all_reduce(g)
-                    g /= world
-                results[task, cross_device] = grads
+                results[task, cross_device] = ddp_gradients(module, shard(module, task, rank, world), world)
         # the IR loss as configured by default (cross_device "auto"): must gather because the world size is 2
         module = build(default_cross_device=True)
-        half = len(records("ir")) // world
-        grads = gradients(module, collate(module, records("ir")[rank * half:(rank + 1) * half]))
-        for g in grads.values():
-            dist.all_reduce(g)
-            g /= world
-        results["ir", "default"] = grads
+        results["ir", "default"] = ddp_gradients(module, shard(module, "ir", rank, world), world)
         # NaN on rank 0 only: every rank must see it, or rank 1 would wait in backward's all-reduce forever
         for case, value in (("finite_one_nan", float("nan") if rank == 0 else 1.0), ("finite_all", 1.0)):
             answers = [None] * world
@@ -85,12 +107,3 @@ def run_rank(rank: int, world: int, port: int, out: str) -> None:
             results[case] = answers
         if rank == 0:
             torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
-    # A gloo worker thread may drop the last collective's tensors only after Python has begun to finalize; it then
-    # cannot take the GIL and the process aborts ("terminate called without an active exception", seen here in
-    # up to 1 run in 2 under load: ~AsyncAllgatherWork -> decref_pyobject -> take_gil -> pthread_exit). Nothing
-    # is left to do, so leave without finalizing.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)

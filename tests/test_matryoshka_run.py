@@ -68,30 +68,15 @@ def test_module_loss_is_the_weighted_sum_over_sizes_and_chunking_keeps_the_gradi
 
 
 def _rank(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
+    with dist_worker.gloo_rank(rank, world, port):
         results = {}
         for task in ("ir", "sts"):
             for chunk in (None, 3):
                 module = build(chunk=chunk)
-                half = len(dist_worker.records(task)) // world
-                batch = dist_worker.collate(module, dist_worker.records(task)[rank * half:(rank + 1) * half])
-                grads = dist_worker.gradients(module, batch)
-                for g in grads.values():  # what DDP does to gradients: average over ranks
-                    dist.all_reduce(g)
-                    g /= world
-                results[task, chunk] = grads
+                results[task, chunk] = dist_worker.ddp_gradients(
+                    module, dist_worker.shard(module, task, rank, world), world)
         if rank == 0:
             torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # see dist_worker.run_rank: a gloo thread may abort a finalizing interpreter
 
 
 def test_two_ranks_with_cross_device_negatives_match_one_process(tmp_path):
