@@ -70,6 +70,9 @@ def test_the_default_config_has_it_off_and_one_override_turns_it_on(compose_cfg)
                        if isinstance(c, ReturnFreedMemory)]
         return callback
     assert trimmer([]).every_n_steps == 0
+    # first in the list, so Lightning trims before a step's export and validation run on top of the freed heap
+    kinds = [type(c).__name__ for c in instantiate_group(compose_cfg([]).callbacks)]
+    assert kinds.index("ReturnFreedMemory") < min(kinds.index("PeriodicExport"), kinds.index("ValidationCallback"))
     assert trimmer(["callbacks.return_freed_memory.every_n_steps=1"]).every_n_steps == 1
 
 
