@@ -52,6 +52,14 @@ RUNS = {
                                               "middle-layer InfoNCE term")),
     "sts_codiemb_full": (["task_mix=sts_only", "loss=codiemb"], STSB_DEV + STS12,
                          "STS only, STS-B + STS12 train (the recipe's STS data), CoDiEmb STS composite"),
+    # issue #24 part 2: the same-data peer (CoSENT, batch 32) beats the joint recipe on STS-B test; without the IR
+    # steps, is it the loss or the batch size? (the pair above/below: the recipe's STS data, STS steps only)
+    "sts_cosent_full": (["task_mix=sts_only", "loss=cosent"], STSB_DEV + STS12,
+                        "STS only, STS-B + STS12 train (the recipe's STS data), CoSENT (scale 20), batch 64"),
+    "sts_cosent_full_bs32": (["task_mix=sts_only", "loss=cosent", "data.sts_batch_size=32"], STSB_DEV + STS12,
+                             "STS only, the recipe's STS data, CoSENT, batch 32 (the peer's)"),
+    "sts_codiemb_full_bs32": (["task_mix=sts_only", "loss=codiemb", "data.sts_batch_size=32"], STSB_DEV + STS12,
+                              "STS only, the recipe's STS data, CoDiEmb STS composite, batch 32"),
     # the joint recipe (experiment=real_cpu: STS-B + STS12 train, SciFact + PubMedQA + Climate-FEVER + MedQuAD)
     "joint_recipe": ([], STSB_DEV + STS12, "joint recipe (experiment=real_cpu), lr 5e-5"),
     "joint_lr2e-5": (["module.lr=2e-5"], STSB_DEV + STS12, "joint recipe, lr 2e-5 (recipe: 5e-5)"),
