@@ -85,6 +85,11 @@ RUNS = {
     **{f"joint_attn0{'' if seed == 42 else f'_seed{seed}'}": (
         [] if seed == 42 else [f"seed={seed}"], STSB_DEV + STS12,
         f"joint recipe (experiment=real_cpu, no attention dropout), seed {seed}") for seed in (42, 43)},
+    # issue #24 part 2, next: STS batches of 32 (the STS-only pair above gained on every in-domain STS set) in the
+    # joint recipe. task_mix=balanced would cycle the IR data twice (its epoch is twice the larger task's steps);
+    # proportional keeps one pass over both (246 STS + 123 IR steps), as the same-data peer samples
+    "joint_sts32_proportional": (["data.sts_batch_size=32", "task_mix=proportional"], STSB_DEV + STS12,
+                                 "joint recipe, STS batches of 32, proportional task sampling (one pass each)"),
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
         [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
