@@ -60,6 +60,12 @@ RUNS = {
                              "STS only, the recipe's STS data, CoSENT, batch 32 (the peer's)"),
     "sts_codiemb_full_bs32": (["task_mix=sts_only", "loss=codiemb", "data.sts_batch_size=32"], STSB_DEV + STS12,
                               "STS only, the recipe's STS data, CoDiEmb STS composite, batch 32"),
+    "sts_codiemb_full_bs32_scale5": (["task_mix=sts_only", "loss=codiemb", "data.sts_batch_size=32",
+                                      "loss.sts.score_scale=5"], STSB_DEV + STS12,
+                                     "STS only, the recipe's STS data, composite, batch 32, PRO on 0-5 scores"),
+    "sts_codiemb_full_bs32_nomid": (["task_mix=sts_only", "loss=codiemb", "data.sts_batch_size=32",
+                                     "loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
+                                    "STS only, the recipe's STS data, composite, batch 32, no middle-layer InfoNCE"),
     # the joint recipe (experiment=real_cpu: STS-B + STS12 train, SciFact + PubMedQA + Climate-FEVER + MedQuAD)
     "joint_recipe": ([], STSB_DEV + STS12, "joint recipe (experiment=real_cpu), lr 5e-5"),
     "joint_lr2e-5": (["module.lr=2e-5"], STSB_DEV + STS12, "joint recipe, lr 2e-5 (recipe: 5e-5)"),
