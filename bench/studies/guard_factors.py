@@ -3,11 +3,14 @@
     python bench/studies/guard_factors.py --runs sts_codiemb_stsb sts_cosent_stsb sts_angle_stsb sts_codiemb_full
     python bench/studies/guard_factors.py --loso cosent     # STS-B genres left out one at a time (STS only)
     python bench/studies/guard_factors.py --wise logs/fusion_runs/seed42 --lams 0.5 0.7 1.0   # WiSE-FT on a run
+    python bench/studies/guard_factors.py --fuse joint_sts32_proportional sts_codiemb_full_bs32 --lams 1.0 --val
 
 Runs are `python train.py experiment=real_cpu` + the run's overrides (one process, seed 42), written to
 logs/guard/runs/<name> (a run with a DONE file is reused). --wise merges a finished run's periodic exports
 with delta fusion at each lam (lam < 1 = WiSE-FT: the fused delta scaled back towards the pre-trained
 weights) into logs/guard/wise/<run>_lam<lam> and scores each on the guard and the recipe's validation sets.
+--fuse trains (or reuses) the named runs and fuses their last exports across trajectories (`merge.runs`, delta
+fusion at each lam) into logs/guard/fuse/<run>+<run>_lam<lam>, scored the same way.
 Scores go to bench/results/guard/<label>.json through bench/studies/guard_eval.py; `in_domain` there names the
 guard sets whose source the model trained on (left out of the verdict). Table: bench/studies/guard_table.py.
 """
@@ -97,8 +100,14 @@ RUNS = {
     # issue #24 part 2, next: STS batches of 32 (the STS-only pair above gained on every in-domain STS set) in the
     # joint recipe. task_mix=balanced would cycle the IR data twice (its epoch is twice the larger task's steps);
     # proportional keeps one pass over both (246 STS + 123 IR steps), as the same-data peer samples
-    "joint_sts32_proportional": (["data.sts_batch_size=32", "task_mix=proportional"], STSB_DEV + STS12,
-                                 "joint recipe, STS batches of 32, proportional task sampling (one pass each)"),
+    **{f"joint_sts32_proportional{'' if seed == 42 else f'_seed{seed}'}": (
+        ["data.sts_batch_size=32", "task_mix=proportional"] + ([] if seed == 42 else [f"seed={seed}"]),
+        STSB_DEV + STS12, f"joint recipe, STS batches of 32, proportional task sampling (one pass each), seed {seed}")
+       for seed in (42, 43)},
+    # ... and without the composite's middle-layer InfoNCE term (the STS-only pair at batch 32 gained without it)
+    "joint_sts32_proportional_nomid": (["data.sts_batch_size=32", "task_mix=proportional",
+                                        "loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
+                                       "joint recipe, STS batches of 32, proportional, no middle-layer InfoNCE"),
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
         [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
@@ -194,12 +203,31 @@ def wise(run_dir: Path, lams: list[float], val: bool):
               "python " + " ".join(cmd[1:]), None, val)
 
 
+def fuse(names: list[str], lams: list[float], val: bool):
+    """Delta fusion of the last exports of the study runs ``names`` (trajectories from the same base weights)
+    through ``merge.runs``, at each lam; scored on the guard (+ validation). In-domain: the union of the runs'."""
+    run_dirs = [train(name, RUNS[name][0])[0] for name in names]
+    in_domain = list(dict.fromkeys(sum((RUNS[name][1] for name in names), [])))
+    joined = "+".join(names)
+    for lam in lams:
+        out = ROOT / "logs" / "guard" / "fuse" / f"{joined}_lam{lam}"
+        cmd = [sys.executable, "merge.py", f"merge.runs=[{','.join(map(str, run_dirs))}]", "merge.select=last",
+               f"merge.output={out}", f"merge.lam={lam}", f"hydra.run.dir={out}_hydra"]
+        if not (out / "model.safetensors").exists():
+            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        score(f"fuse_{joined}_lam{lam}", out, in_domain,
+              f"delta fusion across trajectories ({', '.join(names)}: last exports), lam {lam}",
+              "python " + " ".join(cmd[1:]), None, val)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="*", default=[], choices=list(RUNS))
     parser.add_argument("--loso", nargs="*", default=[], help="losses to run leave-one-source-out with")
     parser.add_argument("--loso-sources", nargs="*", default=list(LOSO_SOURCES))
     parser.add_argument("--wise", nargs="*", default=[], help="finished real_cpu run directories")
+    parser.add_argument("--fuse", nargs="*", default=[], choices=list(RUNS),
+                        help="study runs whose last exports are fused across trajectories (merge.runs)")
     parser.add_argument("--lams", nargs="*", type=float, default=[0.5, 0.7, 1.0])
     parser.add_argument("--val", action="store_true", help="also score the STS/LOSO runs on eval=real_holdout")
     args = parser.parse_args(argv)
@@ -211,6 +239,8 @@ def main(argv=None):
         score(name, last_export(run_dir), in_domain, note, shown, seconds, args.val)
     for run in args.wise:
         wise(Path(run).resolve(), args.lams, val=args.val or Path(run).name not in RUNS)
+    if args.fuse:
+        fuse(args.fuse, args.lams, val=args.val)
 
 
 if __name__ == "__main__":
