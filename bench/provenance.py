@@ -52,12 +52,17 @@ def _timestamp(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
 
 
+ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
 def provenance(started_at: float, finished_at: float | None = None) -> dict:
     """Where, how and when a result was measured; ``started_at`` / ``finished_at`` are ``time.time()`` values.
 
     ``git_dirty`` is true when tracked files differ from ``git_revision`` (untracked files are ignored);
     both are ``None`` outside a git checkout. ``threads`` holds torch's intra-op thread count and the
-    ``OMP_NUM_THREADS`` the process was started with (``None`` when unset)."""
+    ``OMP_NUM_THREADS`` the process was started with (``None`` when unset). ``isa_caps`` holds the environment
+    caps that make ``precision: auto`` choose fp32 on a CPU with native bf16 (``ONEDNN_MAX_CPU_ISA``,
+    ``ATEN_CPU_CAPABILITY``; codiemb.utils.precision), only where one is set."""
     import torch
 
     finished_at = time.time() if finished_at is None else finished_at
@@ -70,6 +75,7 @@ def provenance(started_at: float, finished_at: float | None = None) -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": {"torch": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        **({"isa_caps": caps} if (caps := {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}) else {}),
         "wall_time_s": round(finished_at - started_at, 2),
         "started": _timestamp(started_at),
         "finished": _timestamp(finished_at),
