@@ -197,14 +197,17 @@ def wise(run_dir: Path, lams: list[float], val: bool):
     if name not in RUNS:
         score(f"{prefix}_last", exports[-1], in_domain, f"real_cpu run {name}, last export", "", None, val)
     for lam in lams:
-        out = ROOT / "logs" / "guard" / "wise" / f"{name}_lam{lam}"
-        cmd = [sys.executable, "merge.py", f"merge.base={base}", f"merge.checkpoints=[{','.join(exports)}]",
-               f"merge.output={out}", f"merge.lam={lam}", f"hydra.run.dir={out}_hydra"]
-        if not (out / "model.safetensors").exists():
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        score(f"{prefix}_delta_lam{lam}", out, in_domain,
-              f"run {name}: delta fusion of its {len(exports)} exports, lam {lam}",
-              "python " + " ".join(cmd[1:]), None, val)
+        merge_and_score(f"{prefix}_delta_lam{lam}", ROOT / "logs" / "guard" / "wise" / f"{name}_lam{lam}",
+                        [f"merge.base={base}", f"merge.checkpoints=[{','.join(exports)}]", f"merge.lam={lam}"],
+                        in_domain, f"run {name}: delta fusion of its {len(exports)} exports, lam {lam}", val)
+
+
+def merge_and_score(label: str, out: Path, options: list[str], in_domain: list[str], note: str, val: bool):
+    """``python merge.py <options>`` into ``out`` (skipped when it is there), then score it as ``label``."""
+    cmd = [sys.executable, "merge.py", *options, f"merge.output={out}", f"hydra.run.dir={out}_hydra"]
+    if not (out / "model.safetensors").exists():
+        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    score(label, out, in_domain, note, "python " + " ".join(cmd[1:]), None, val)
 
 
 def fuse(names: list[str], lams: list[float], val: bool):
@@ -214,14 +217,10 @@ def fuse(names: list[str], lams: list[float], val: bool):
     in_domain = list(dict.fromkeys(sum((RUNS[name][1] for name in names), [])))
     joined = "+".join(names)
     for lam in lams:
-        out = ROOT / "logs" / "guard" / "fuse" / f"{joined}_lam{lam}"
-        cmd = [sys.executable, "merge.py", f"merge.runs=[{','.join(map(str, run_dirs))}]", "merge.select=last",
-               f"merge.output={out}", f"merge.lam={lam}", f"hydra.run.dir={out}_hydra"]
-        if not (out / "model.safetensors").exists():
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        score(f"fuse_{joined}_lam{lam}", out, in_domain,
-              f"delta fusion across trajectories ({', '.join(names)}: last exports), lam {lam}",
-              "python " + " ".join(cmd[1:]), None, val)
+        merge_and_score(f"fuse_{joined}_lam{lam}", ROOT / "logs" / "guard" / "fuse" / f"{joined}_lam{lam}",
+                        [f"merge.runs=[{','.join(map(str, run_dirs))}]", "merge.select=last", f"merge.lam={lam}"],
+                        in_domain, f"delta fusion across trajectories ({', '.join(names)}: last exports), lam {lam}",
+                        val)
 
 
 def main(argv=None):
