@@ -109,9 +109,10 @@ RUNS = {
                                         "loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
                                        "joint recipe, STS batches of 32, proportional, no middle-layer InfoNCE"),
     # ... and with self-distillation at weight 1.0 (the guard's best lever, 2.4) against its larger STS drift
-    "joint_sts32_proportional_selfdistill1.0": (["data.sts_batch_size=32", "task_mix=proportional",
-                                                 "module.self_distill.weight=1.0"], STSB_DEV + STS12,
-                                                "joint recipe, STS batches of 32, proportional, self-distillation 1.0"),
+    **{f"joint_sts32_proportional_selfdistill1.0{'' if seed == 42 else f'_seed{seed}'}": (
+        ["data.sts_batch_size=32", "task_mix=proportional", "module.self_distill.weight=1.0"]
+        + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
+        f"joint recipe, STS batches of 32, proportional, self-distillation 1.0, seed {seed}") for seed in (42, 43)},
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
         [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
