@@ -61,7 +61,7 @@ def provenance(started_at: float, finished_at: float | None = None) -> dict:
     ``git_dirty`` is true when tracked files differ from ``git_revision`` (untracked files are ignored);
     both are ``None`` outside a git checkout. ``threads`` holds torch's intra-op thread count and the
     ``OMP_NUM_THREADS`` the process was started with (``None`` when unset). ``isa_caps`` holds the environment
-    caps that make ``precision: auto`` choose fp32 on a CPU with native bf16 (``ONEDNN_MAX_CPU_ISA``,
+    caps that make ``precision: auto`` choose fp32 on a CPU with native bf16 (``ONEDNN_MAX_CPU_ISA`` or ``DNNL_MAX_CPU_ISA``,
     ``ATEN_CPU_CAPABILITY``; codiemb.utils.precision), only where one is set."""
     import torch
 

@@ -43,6 +43,16 @@ COMMON = ["experiment=real_cpu", "merge=none", "callbacks.validation.every_n_ste
           "callbacks.validation.on_train_end=false", "callbacks.validation.on_export=false",
           "callbacks.progress_bar.refresh_rate=50", "seed=42"]
 
+STS32 = ["data.sts_batch_size=32", "task_mix=proportional"]  # STS batches of 32, one pass over each task's data
+
+
+def seeded(name: str, overrides: list[str], note: str, seeds=(42, 43)) -> dict:
+    """A joint-recipe run at each seed: ``name`` for seed 42 (COMMON's), ``name_seed<N>`` with ``seed=N`` else."""
+    return {name if seed == 42 else f"{name}_seed{seed}": (
+        overrides + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12, f"{note}, seed {seed}")
+        for seed in seeds}
+
+
 # name -> (overrides, guard sets trained on, note)
 RUNS = {
     "sts_codiemb_stsb": (["task_mix=sts_only", "loss=codiemb", STSB_ONLY], STSB_TRAINED,
@@ -94,30 +104,22 @@ RUNS = {
     "joint_seed43": (["seed=43"], STSB_DEV + STS12, "joint recipe, seed 43 (recipe runs: seed 42)"),
     # the recipe as it is since experiment=real_cpu dropped attention dropout (joint_recipe/joint_seed43 ran
     # with it): the baseline the self-distillation runs are judged against, same revision, same seeds
-    **{f"joint_attn0{'' if seed == 42 else f'_seed{seed}'}": (
-        [] if seed == 42 else [f"seed={seed}"], STSB_DEV + STS12,
-        f"joint recipe (experiment=real_cpu, no attention dropout), seed {seed}") for seed in (42, 43)},
+    **seeded("joint_attn0", [], "joint recipe (experiment=real_cpu, no attention dropout)"),
     # issue #24 part 2, next: STS batches of 32 (the STS-only pair above gained on every in-domain STS set) in the
     # joint recipe. task_mix=balanced would cycle the IR data twice (its epoch is twice the larger task's steps);
     # proportional keeps one pass over both (246 STS + 123 IR steps), as the same-data peer samples
-    **{f"joint_sts32_proportional{'' if seed == 42 else f'_seed{seed}'}": (
-        ["data.sts_batch_size=32", "task_mix=proportional"] + ([] if seed == 42 else [f"seed={seed}"]),
-        STSB_DEV + STS12, f"joint recipe, STS batches of 32, proportional task sampling (one pass each), seed {seed}")
-       for seed in (42, 43)},
+    **seeded("joint_sts32_proportional", STS32,
+             "joint recipe, STS batches of 32, proportional task sampling (one pass each)"),
     # ... and without the composite's middle-layer InfoNCE term (the STS-only pair at batch 32 gained without it)
-    "joint_sts32_proportional_nomid": (["data.sts_batch_size=32", "task_mix=proportional",
-                                        "loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
+    "joint_sts32_proportional_nomid": ([*STS32, "loss.sts.middle_infonce_weight=0"], STSB_DEV + STS12,
                                        "joint recipe, STS batches of 32, proportional, no middle-layer InfoNCE"),
     # ... and with self-distillation at weight 1.0 (the guard's best lever, 2.4) against its larger STS drift
-    **{f"joint_sts32_proportional_selfdistill1.0{'' if seed == 42 else f'_seed{seed}'}": (
-        ["data.sts_batch_size=32", "task_mix=proportional", "module.self_distill.weight=1.0"]
-        + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
-        f"joint recipe, STS batches of 32, proportional, self-distillation 1.0, seed {seed}") for seed in (42, 43)},
+    **seeded("joint_sts32_proportional_selfdistill1.0", [*STS32, "module.self_distill.weight=1.0"],
+             "joint recipe, STS batches of 32, proportional, self-distillation 1.0"),
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
-    **{f"joint_selfdistill{w}{'' if seed == 42 else f'_seed{seed}'}": (
-        [f"module.self_distill.weight={w}"] + ([] if seed == 42 else [f"seed={seed}"]), STSB_DEV + STS12,
-        f"joint recipe + self-distillation from the base model, weight {w}, seed {seed}")
-       for w in (0.1, 0.3, 1.0) for seed in (42, 43)},
+    **{name: run for w in (0.1, 0.3, 1.0) for name, run in seeded(
+        f"joint_selfdistill{w}", [f"module.self_distill.weight={w}"],
+        f"joint recipe + self-distillation from the base model, weight {w}").items()},
 }
 
 
