@@ -116,6 +116,14 @@ RUNS = {
     # ... and with self-distillation at weight 1.0 (the guard's best lever, 2.4) against its larger STS drift
     **seeded("joint_sts32_proportional_selfdistill1.0", [*STS32, "module.self_distill.weight=1.0"],
              "joint recipe, STS batches of 32, proportional, self-distillation 1.0"),
+    # ... and both guard levers at once: self-distillation 1.0 without the middle-layer term (each alone: guard
+    # -0.50 / -0.44 on seed 42), or with a lower learning rate for every step (joint_lr2e-5: guard -0.38)
+    **seeded("joint_sts32_proportional_selfdistill1.0_nomid",
+             [*STS32, "module.self_distill.weight=1.0", "loss.sts.middle_infonce_weight=0"],
+             "joint recipe, STS batches of 32, proportional, self-distillation 1.0, no middle-layer InfoNCE"),
+    **seeded("joint_sts32_proportional_selfdistill1.0_lr3e-5",
+             [*STS32, "module.self_distill.weight=1.0", "module.lr=3e-5"],
+             "joint recipe, STS batches of 32, proportional, self-distillation 1.0, lr 3e-5 (recipe: 5e-5)"),
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{name: run for w in (0.1, 0.3, 1.0) for name, run in seeded(
         f"joint_selfdistill{w}", [f"module.self_distill.weight={w}"],
