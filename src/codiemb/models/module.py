@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import lightning as L
@@ -24,6 +23,7 @@ from codiemb.losses.l2sp import l2sp_penalty
 from codiemb.losses.matryoshka import MatryoshkaLoss, matryoshka_sizes
 from codiemb.models.distill import Distiller, add_terms, check_ir_distill, check_self_distill
 from codiemb.models.encoder import Encoder
+from codiemb.models.optim import check_task_lr_scale, scaled_lr, schedule
 from codiemb.models.rng import rng_states, set_rng_states
 
 LOSS_WINDOW = 20  # steps of one task behind train/<task>_loss_avg
@@ -50,7 +50,8 @@ class CoDiEmbModule(L.LightningModule):
                  eps: float = 1e-8, schedule: str = "linear", embed_chunk_size: int | None = None,
                  l2sp_weight: float = 0.0, freeze_embeddings: bool = False,
                  matryoshka_dims: list[int] | None = None, matryoshka_weights: list[float] | None = None,
-                 ir_distill: Mapping | None = None, self_distill: Mapping | None = None):
+                 ir_distill: Mapping | None = None, self_distill: Mapping | None = None,
+                 task_lr_scale: Mapping | None = None):
         super().__init__()
         self.encoder, self.ir_loss, self.sts_loss = encoder, ir_loss, sts_loss
         # A bad Matryoshka or distillation setting is raised in setup(): raised here, Hydra would wrap it into a
@@ -76,6 +77,11 @@ class CoDiEmbModule(L.LightningModule):
         except ConfigError as exc:
             self._config_error, ir_distill, self_distill = self._config_error or exc, None, None
         self.distiller = Distiller(ir_distill, self_distill, encoder)
+        try:  # module.task_lr_scale: each task's steps at lr x its factor (optimizer_step)
+            self._lr_scale = check_task_lr_scale(task_lr_scale)
+        except ConfigError as exc:
+            self._config_error, self._lr_scale = self._config_error or exc, {}
+        self._task: str | None = None  # the task of the step in progress (on_train_batch_start)
         # L2-SP's anchor: the trainable weights as built here, i.e. pre-trained (a resume loads its checkpoint
         # later, so the anchor stays the starting point); a plain dict, so it is never saved in a checkpoint.
         self._anchors = {name: p.detach().clone() for name, p in encoder.named_parameters()
@@ -181,6 +187,7 @@ class CoDiEmbModule(L.LightningModule):
         # Count the batch as consumed (and a finished optimizer step in the sampler/steps_* counters, logged at
         # batch end) now: checkpoint callbacks run before this module's on_train_batch_end, so a checkpoint
         # saved at the end of this step must already include it.
+        self._task = batch["task"]
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "mark_consumed"):
             datamodule.mark_consumed(batch["position"])
@@ -222,6 +229,10 @@ class CoDiEmbModule(L.LightningModule):
                 self.log(f"sampler/steps/{dataset}", float(count), batch_size=1)
 
     # ------------------------------------------------------------ optimisation
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        with scaled_lr(optimizer, self._lr_scale.get(self._task, 1.0)):
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Lightning's mixed-precision plugin refuses to clip for a fused optimiser because fp16 loss scaling
         # would have to be undone first; bf16 has no scaler, so the gradients are plain and can be clipped here.
@@ -262,9 +273,8 @@ class CoDiEmbModule(L.LightningModule):
                                       eps=self.hparams.eps, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(self.hparams.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(self.hparams.schedule, warmup, total))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(self.hparams.schedule, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
 
 
 def gathers(loss: nn.Module) -> bool:
@@ -272,21 +282,3 @@ def gathers(loss: nn.Module) -> bool:
     every official training script) with a world size above 1. One process never gathers."""
     mode = getattr(loss, "cross_device", False)
     return is_distributed() and (mode is True or mode == "auto")
-
-
-def _schedule(kind: str, warmup: int, total: int):
-    """Linear warmup, then linear (or cosine) decay to zero, or constant."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if kind == "linear":
-            return 1.0 - progress
-        if kind == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if kind == "constant":
-            return 1.0
-        raise ValueError(f"unknown schedule {kind!r}; use linear, cosine or constant")
-    return factor
-
-
