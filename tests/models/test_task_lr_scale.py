@@ -75,3 +75,17 @@ def test_a_bad_scale_stops_the_run_before_training(tmp_path):
     with pytest.raises(ConfigError, match="module.task_lr_scale.sts"):
         run(tmp_path, ["module.task_lr_scale.sts=-0.5"])
     assert LrSeen.steps == []
+
+
+def test_the_scale_is_a_plain_dict_in_the_hparams_so_a_checkpoint_loads_with_weights_only(tmp_path):
+    from omegaconf import OmegaConf
+
+    from codiemb.losses import CoDiEmbSTSLoss, InfoNCELoss
+    from codiemb.models.module import CoDiEmbModule
+    from tests.conftest import tiny_encoder
+
+    module = CoDiEmbModule(tiny_encoder(), InfoNCELoss(), CoDiEmbSTSLoss(),
+                           task_lr_scale=OmegaConf.create({"sts": 0.5}))  # as Hydra's instantiate passes it
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
+    loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)
+    assert loaded["hyper_parameters"]["task_lr_scale"] == {"sts": 0.5}

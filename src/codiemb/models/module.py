@@ -81,6 +81,7 @@ class CoDiEmbModule(L.LightningModule):
             self._lr_scale = check_task_lr_scale(task_lr_scale)
         except ConfigError as exc:
             self._config_error, self._lr_scale = self._config_error or exc, {}
+        task_lr_scale = dict(self._lr_scale)  # a plain dict in the hparams: a checkpoint loads with weights_only
         self._task: str | None = None  # the task of the step in progress (on_train_batch_start)
         # L2-SP's anchor: the trainable weights as built here, i.e. pre-trained (a resume loads its checkpoint
         # later, so the anchor stays the starting point); a plain dict, so it is never saved in a checkpoint.
