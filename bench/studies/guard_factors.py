@@ -124,6 +124,11 @@ RUNS = {
     **seeded("joint_sts32_proportional_selfdistill1.0_lr3e-5",
              [*STS32, "module.self_distill.weight=1.0", "module.lr=3e-5"],
              "joint recipe, STS batches of 32, proportional, self-distillation 1.0, lr 3e-5 (recipe: 5e-5)"),
+    # ... or a lower learning rate for the STS steps only (module.task_lr_scale): batch 32's twice as many STS
+    # steps then move the weights about as far as batch 64's did, with the IR steps as they were
+    **seeded("joint_sts32_proportional_selfdistill1.0_stslr0.5",
+             [*STS32, "module.self_distill.weight=1.0", "module.task_lr_scale.sts=0.5"],
+             "joint recipe, STS batches of 32, proportional, self-distillation 1.0, STS steps at half the lr"),
     # self-distillation from the frozen base model (issue #24 part 3): keeps the function, not the weights
     **{name: run for w in (0.1, 0.3, 1.0) for name, run in seeded(
         f"joint_selfdistill{w}", [f"module.self_distill.weight={w}"],
