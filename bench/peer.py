@@ -14,7 +14,7 @@ sampler, batch 32, one epoch, lr 5e-5, warm-up 0.1, max length 256, bf16 where t
 
 Both trainers run at the same time, one OpenMP thread each (the 2-core machine's fair split); each process
 tree's RSS is sampled every second (the codiemb timeline is the memory profile over the run). Then each
-model (codiemb's delivered model: the run's merged/) is scored by bench/studies/guard_eval.py on the recipe's
+model (codiemb's delivered model: its last export, or merged/ with a merge stage) is scored by bench/studies/guard_eval.py on the recipe's
 validation sets, the guard, and the test sets (read once per finished recipe), and codiemb's at 128 dimensions
 on validation (the Matryoshka comparison's "trained without it" row). Weights are deleted afterwards.
 """
@@ -213,8 +213,11 @@ def main(argv=None) -> None:
     if failed:
         sys.exit(f"{', '.join(failed)} failed; logs under {work}")
     if not args.no_eval:
-        merged, peer_model = work / "codiemb" / "merged", work / "peer_model"
-        jobs = [score(f"codiemb_seed{args.seed}", merged, "experiment=real_cpu, the delivered (merged) model",
+        # the delivered model: the last export (experiment=real_cpu has merge=none since BENCHMARKS 2.7), or merged/
+        delivered = payload["codiemb"].get("summary", {}).get("delivered") or {}
+        merged, peer_model = Path(delivered.get("model") or work / "codiemb" / "merged"), work / "peer_model"
+        kind = delivered.get("kind", "merged")
+        jobs = [score(f"codiemb_seed{args.seed}", merged, f"experiment=real_cpu, the delivered model ({kind})",
                       payload["codiemb"]["command"], payload["codiemb"]["wall_s"], out),
                 score(f"peer_seed{args.seed}", peer_model, "sentence-transformers trainer, same rows",
                       payload["peer"]["command"], payload["peer"]["wall_s"], out)]
