@@ -70,7 +70,9 @@ class Distiller:
         return terms
 
 
-def _number(key: str, value: Any, minimum: float, strict: bool) -> float:
+def finite_number(key: str, value: Any, minimum: float, strict: bool) -> float:
+    """``value`` as a float when it is a finite number above (``strict``) or at least ``minimum``; else a one-line
+    :class:`ConfigError` naming ``key``. Also module.task_lr_scale's check (codiemb.models.optim)."""
     ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and (
         value > minimum if strict else value >= minimum)
     if not ok:
@@ -99,8 +101,8 @@ def check_ir_distill(spec: Any) -> dict | None:
     if spec["kind"] not in DISTILL_KINDS:
         raise ConfigError(f"loss.ir.distill.kind={spec['kind']!r} must be one of {', '.join(DISTILL_KINDS)} "
                           "(null = off)")
-    weight = _number("loss.ir.distill.weight", spec.get("weight", 1.0), 0, strict=False)
-    temperature = _number("loss.ir.distill.temperature", spec.get("temperature", 1.0), 0, strict=True)
+    weight = finite_number("loss.ir.distill.weight", spec.get("weight", 1.0), 0, strict=False)
+    temperature = finite_number("loss.ir.distill.temperature", spec.get("temperature", 1.0), 0, strict=True)
     return {"kind": spec["kind"], "weight": weight, "temperature": temperature} if weight else None
 
 
@@ -109,8 +111,8 @@ def check_self_distill(spec: Any) -> dict | None:
     spec = _spec("module.self_distill", spec, ("weight", "temperature"))
     if spec is None or not spec.get("weight"):
         return None
-    weight = _number("module.self_distill.weight", spec["weight"], 0, strict=False)
-    temperature = _number("module.self_distill.temperature", spec.get("temperature", 0.05), 0, strict=True)
+    weight = finite_number("module.self_distill.weight", spec["weight"], 0, strict=False)
+    temperature = finite_number("module.self_distill.temperature", spec.get("temperature", 0.05), 0, strict=True)
     return {"weight": weight, "temperature": temperature}
 
 

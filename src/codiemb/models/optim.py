@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from codiemb.errors import ConfigError
+from codiemb.models.distill import finite_number
 
 TASKS = ("ir", "sts", "mixed")
 
@@ -42,9 +43,7 @@ def check_task_lr_scale(spec: Any) -> dict[str, float]:
     for task, value in spec.items():
         if task not in TASKS:
             raise ConfigError(f"module.task_lr_scale has unknown task {task!r}; known: {', '.join(TASKS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ConfigError(f"module.task_lr_scale.{task}={value!r} must be a finite number >= 0")
-        scales[task] = float(value)
+        scales[task] = finite_number(f"module.task_lr_scale.{task}", value, 0, strict=False)
     return scales
 
 
