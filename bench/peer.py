@@ -14,8 +14,8 @@ sampler, batch 32, one epoch, lr 5e-5, warm-up 0.1, max length 256, bf16 where t
 
 Both trainers run at the same time, one OpenMP thread each (the 2-core machine's fair split); each process
 tree's RSS is sampled every second (the codiemb timeline is the memory profile over the run). Then each
-model (codiemb's delivered model: its last export, or merged/ with a merge stage) is scored by bench/studies/guard_eval.py on the recipe's
-validation sets, the guard, and the test sets (read once per finished recipe), and codiemb's at 128 dimensions
+model (codiemb's delivered model: its last export, or merged/ with a merge stage) is scored by
+bench/studies/guard_eval.py on the recipe's validation sets, the guard, and the test sets (read once per finished recipe), and codiemb's at 128 dimensions
 on validation (the Matryoshka comparison's "trained without it" row). Weights are deleted afterwards.
 """
 
@@ -215,14 +215,14 @@ def main(argv=None) -> None:
     if not args.no_eval:
         # the delivered model: the last export (experiment=real_cpu has merge=none since BENCHMARKS 2.7), or merged/
         delivered = payload["codiemb"].get("summary", {}).get("delivered") or {}
-        merged, peer_model = Path(delivered.get("model") or work / "codiemb" / "merged"), work / "peer_model"
+        ours, peer_model = Path(delivered.get("model") or work / "codiemb" / "merged"), work / "peer_model"
         kind = delivered.get("kind", "merged")
-        jobs = [score(f"codiemb_seed{args.seed}", merged, f"experiment=real_cpu, the delivered model ({kind})",
+        jobs = [score(f"codiemb_seed{args.seed}", ours, f"experiment=real_cpu, the delivered model ({kind})",
                       payload["codiemb"]["command"], payload["codiemb"]["wall_s"], out),
                 score(f"peer_seed{args.seed}", peer_model, "sentence-transformers trainer, same rows",
                       payload["peer"]["command"], payload["peer"]["wall_s"], out)]
         truncated = work / "eval_128"
-        rc = subprocess.run([sys.executable, "eval.py", f"model_path={merged}", "eval=real_holdout", "truncate_dim=128",
+        rc = subprocess.run([sys.executable, "eval.py", f"model_path={ours}", "eval=real_holdout", "truncate_dim=128",
                              f"hydra.run.dir={truncated}"], cwd=ROOT, env=ENV, capture_output=True, check=False)
         if rc.returncode == 0:
             payload["codiemb_merged_val_at_128"] = json.loads((truncated / "results.json").read_text())
