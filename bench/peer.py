@@ -15,8 +15,9 @@ sampler, batch 32, one epoch, lr 5e-5, warm-up 0.1, max length 256, bf16 where t
 Both trainers run at the same time, one OpenMP thread each (the 2-core machine's fair split); each process
 tree's RSS is sampled every second (the codiemb timeline is the memory profile over the run). Then each
 model (codiemb's delivered model: its last export, or merged/ with a merge stage) is scored by
-bench/studies/guard_eval.py on the recipe's validation sets, the guard, and the test sets (read once per finished recipe), and codiemb's at 128 dimensions
-on validation (the Matryoshka comparison's "trained without it" row). Weights are deleted afterwards.
+bench/studies/guard_eval.py on the recipe's validation sets, the guard, and the test sets (read once per finished
+recipe), and codiemb's at 128 dimensions on validation (the Matryoshka comparison's "trained without it" row).
+Weights are deleted afterwards.
 """
 
 from __future__ import annotations
