@@ -16,11 +16,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
              f"run directory      {result['output_dir']}"]
     if result.get("precision"):
         lines.append(f"precision          {result['precision']}")
-    for name, info in result.get("data", {}).items():
+    data = result.get("data", {})
+    width = max([14, *(len(name) + 1 for name in data)])  # the value column (19), or wider for a long name
+    for name, info in data.items():
         skipped = sum(info["skipped"].values())
         held = f", {info['held_out']} held back for validation" if info.get("held_out") else ""
-        lines.append(f"data {name:<14}{info['task']}, {info['rows']} rows" + (f", {skipped} skipped" if skipped else "")
-                     + held)
+        lines.append(f"data {name:<{width}}{info['task']}, {info['rows']} rows"
+                     + (f", {skipped} skipped" if skipped else "") + held)
     validation = result.get("validation") or {}
     if validation.get("source") == "holdout":
         lines.append(f"validation         held back from the training data: {', '.join(validation['sets'])}")
