@@ -1,6 +1,7 @@
 """fp32 vs bf16 on this CPU, side by side in one run: MiniLM encode throughput and the whole default run.
 
     OMP_NUM_THREADS=1 python bench/precision.py [--full auto 32-true bf16-mixed] [--out bench/results/precision]
+    OMP_NUM_THREADS=1 python bench/precision.py --full --validation    # the validation callback's work only
     # an AVX2-only CPU imitated on an AVX-512 one (torch and oneDNN limited to AVX2 kernels):
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 OMP_NUM_THREADS=1 python bench/precision.py
 
@@ -8,6 +9,8 @@
 * ``--full``: the whole default ``python train.py`` (``trainer.precision=<p>``; ``auto`` is what a user gets),
   as a subprocess: wall time, time inside ``train()``, steps. Per-step times on real batches, interleaved:
   ``bench/step_time.py``.
+* ``--validation``: one validation of ``experiment=real_cpu`` (its ``val.sets``: STS-B dev, SciFact holdout) with
+  the base model, fp32 and bf16 in A-B-B-A order: wall and process CPU seconds, and the scores in each.
 
 Prints ``torch.backends.cpu.get_cpu_capability()`` and what ``precision: auto`` chose beside every timing, and
 writes ``<out>/<capability>-<date>.json``. On CPUs without native bf16 (AVX2) the ratio inverts: bf16 is
@@ -56,6 +59,32 @@ def encode_seconds(texts: list[str]) -> dict[str, float]:
     return forward_seconds(encoder.backbone, batch)
 
 
+def validation_seconds(rounds: int = 2) -> dict:
+    """``evaluate()`` on ``experiment=real_cpu``'s validation sets, as the validation callback calls it, under
+    fp32 and bf16 autocast in A-B-B-A order (so a drifting machine load falls on both)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from codiemb.eval.runner import evaluate, summarize
+    from codiemb.models.encoder import Encoder
+    from codiemb.run import resolvers
+
+    resolvers.register()
+    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "experiment=real_cpu"], return_hydra_config=True)
+    sets = OmegaConf.to_container(cfg.val.sets, resolve=True)
+    encoder, cache = Encoder.from_pretrained("bundled:all-MiniLM-L6-v2"), {}
+    evaluate(encoder, sets, batch_size=64, cache=cache)  # reads the files once (not timed)
+    out: dict = {"sets": [s["name"] for s in sets], "fp32": [], "bf16": []}
+    for name in ["fp32", "bf16", "bf16", "fp32"] * (rounds // 2):
+        wall, cpu = time.perf_counter(), time.process_time()
+        scores = summarize(evaluate(encoder, sets, batch_size=64, cache=cache,
+                                    autocast_dtype=torch.bfloat16 if name == "bf16" else None), sets)
+        out[name].append({"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+                          "scores": scores})
+    return out
+
+
 def run_train(args: list[str], run_dir: Path) -> dict:
     """The default ``python train.py`` (plus ``args``) as a subprocess: wall time, time inside train(), steps."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
@@ -84,6 +113,7 @@ def main() -> None:
     parser.add_argument("--full", nargs="*", default=["auto"],
                         help="trainer.precision values to time the whole default `python train.py` with "
                              "(auto = what a user gets; e.g. --full auto 32-true bf16-mixed; none: skip)")
+    parser.add_argument("--validation", action="store_true", help="also time one validation in fp32 and bf16")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "precision"))
     parser.add_argument("--scratch", default=str(ROOT / "logs" / "bench_precision"))
     args = parser.parse_args()
@@ -98,6 +128,14 @@ def main() -> None:
     record["encode_64_abstracts_s"] = enc
     print(f"[{capability}] encode 64 abstracts @256: fp32 {enc['fp32']:.2f} s, bf16 {enc['bf16']:.2f} s, "
           f"bf16/fp32 time ratio {enc['bf16'] / enc['fp32']:.2f}", flush=True)
+    if args.validation:
+        val = record["validation"] = validation_seconds()
+        cpu = {name: sum(r["cpu_s"] for r in val[name]) for name in ("fp32", "bf16")}
+        wall = {name: sum(r["wall_s"] for r in val[name]) for name in ("fp32", "bf16")}
+        print(f"[{capability}] validation of experiment=real_cpu ({', '.join(val['sets'])}), base model: "
+              f"fp32 {wall['fp32'] / 2:.0f} s wall / {cpu['fp32'] / 2:.0f} s CPU, bf16 {wall['bf16'] / 2:.0f} s / "
+              f"{cpu['bf16'] / 2:.0f} s; bf16/fp32 CPU-time ratio {cpu['bf16'] / cpu['fp32']:.2f}; val/mean fp32 "
+              f"{val['fp32'][0]['scores']['mean']:.2f}, bf16 {val['bf16'][0]['scores']['mean']:.2f}", flush=True)
     runs = {}
     for precision in args.full:
         extra = [] if precision == "auto" else [f"trainer.precision={precision}"]

@@ -68,3 +68,50 @@ def test_gradient_accumulation_evaluates_once_per_optimizer_step(tmp_path, tiny_
 def test_rejects_a_zero_interval(tiny_sets):
     with pytest.raises(ValueError):
         ValidationCallback(tiny_sets, every_n_steps=0)
+
+
+def _spy(monkeypatch):
+    """Record the ``autocast_dtype`` every validation passes to ``evaluate`` (and still evaluate)."""
+    import codiemb.callbacks.validation as validation
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("autocast_dtype"))
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(validation, "evaluate", spy)
+    return seen
+
+
+def run_in(tmp_path, callback, precision):
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=[callback],
+                        precision=precision)
+    module = TinyModule()
+    trainer.fit(module, DataLoader(range(64), batch_size=1))
+    return trainer, module
+
+
+def test_a_bf16_run_validates_in_bf16_and_logs_what_bf16_encoding_gives(tmp_path, tiny_sets, monkeypatch):
+    # Lightning's autocast covers training_step only: before the fix the callback encoded in fp32 (None here)
+    seen = _spy(monkeypatch)
+    trainer, module = run_in(tmp_path, ValidationCallback(tiny_sets, every_n_steps=1, batch_size=4), "bf16-mixed")
+    assert seen == [torch.bfloat16, torch.bfloat16]  # steps 1 and 2; the final one is step 2 again
+    bf16 = summarize(evaluate(module.encoder, tiny_sets, batch_size=4, autocast_dtype=torch.bfloat16), tiny_sets)
+    assert float(trainer.callback_metrics["val/mean"]) == pytest.approx(bf16["mean"], abs=1e-3)
+
+
+def test_an_fp32_run_validates_in_fp32_and_an_explicit_setting_wins(tmp_path, tiny_sets, monkeypatch):
+    seen = _spy(monkeypatch)
+    run_in(tmp_path / "a", ValidationCallback(tiny_sets, every_n_steps=2, on_train_end=False), "32-true")
+    run_in(tmp_path / "b", ValidationCallback(tiny_sets, every_n_steps=2, on_train_end=False, precision="fp32"),
+           "bf16-mixed")
+    run_in(tmp_path / "c", ValidationCallback(tiny_sets, every_n_steps=2, on_train_end=False, precision="bf16"),
+           "32-true")
+    assert seen == [None, None, torch.bfloat16]
+
+
+def test_rejects_an_unknown_precision_naming_the_key(tiny_sets):
+    with pytest.raises(ValueError, match=r"callbacks\.validation\.precision .*'fp16'"):
+        ValidationCallback(tiny_sets, precision="fp16")

@@ -5,6 +5,11 @@ Logs ``val/sts_spearman`` (mean over STS sets), ``val/ir_ndcg@10`` (mean over IR
 (mean of the two that exist) and ``val/<set>/<metric>`` per set, all x100, so ``val/mean`` can be the
 monitored metric of ``ModelCheckpoint`` (same ``every_n_train_steps``) and the Optuna objective.
 
+``precision``: ``train`` (default) encodes in the run's own precision: bf16 autocast when the trainer runs
+``bf16-mixed``/``bf16-true``, fp32 otherwise. Lightning's autocast covers the training step only, not callbacks,
+so without this a bf16 run validated in fp32, at twice the cost on a CPU with native bf16 (BENCHMARKS 1.0).
+``fp32``, ``bf16`` or ``auto`` (bf16 where the device computes it natively) set it explicitly.
+
 DDP: every rank evaluates the full (small) sets with its own copy of the weights, which DDP keeps
 identical, and logs the same numbers: no collective call, so ranks can never wait on each other, and
 every rank's ``ModelCheckpoint``/early stopping sees the monitored value. The cost is redundant work,
@@ -25,15 +30,19 @@ import lightning as L
 
 from codiemb.eval.runner import evaluate, summarize
 from codiemb.eval.sets import parse_sets
+from codiemb.utils.precision import SHORT, autocast_dtype, resolve_short_precision
 
 log = logging.getLogger(__name__)
 
 
 class ValidationCallback(L.Callback):
     def __init__(self, sets: list[dict], every_n_steps: int = 50, batch_size: int = 64, on_train_end: bool = True,
-                 on_export: bool = True):
+                 on_export: bool = True, precision: str = "train"):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        if str(precision) not in ("train", *SHORT):
+            raise ValueError(f"callbacks.validation.precision must be one of {['train', *SHORT]}, got {precision!r}")
+        self.precision = str(precision)
         self.sets = parse_sets(sets)
         self.every_n_steps, self.batch_size = every_n_steps, batch_size
         self.evaluate_on_train_end = on_train_end
@@ -45,12 +54,22 @@ class ValidationCallback(L.Callback):
 
     def compute(self, pl_module) -> dict[str, float]:
         """``{"val/...": value}`` for the module's encoder at its current weights."""
-        results = evaluate(pl_module.encoder, self.sets, batch_size=self.batch_size, cache=self._cache)
+        results = evaluate(pl_module.encoder, self.sets, batch_size=self.batch_size, cache=self._cache,
+                           autocast_dtype=self.autocast_dtype(pl_module))
         metrics = {f"val/{k}": v for k, v in summarize(results, self.sets).items()}
         for name, scores in results.items():
             metrics.update({f"val/{name}/{k}": v for k, v in scores.items()
                             if k not in ("queries", "docs", "pairs", "main_score")})
         return metrics
+
+    def autocast_dtype(self, pl_module):
+        """What validation encodes under: ``torch.bfloat16`` (autocast) or None (fp32); see ``precision``."""
+        if self.precision != "train":
+            device = next(pl_module.encoder.parameters()).device.type
+            return autocast_dtype(resolve_short_precision(self.precision, "cuda" if device == "cuda" else "cpu",
+                                                          "callbacks.validation.precision"))
+        trainer = getattr(pl_module, "_trainer", None)
+        return autocast_dtype("bf16" if trainer is not None and str(trainer.precision).startswith("bf16") else "fp32")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
