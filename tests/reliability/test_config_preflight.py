@@ -49,6 +49,12 @@ def test_impossible_numbers_are_refused_before_anything_loads(compose_cfg, nothi
     assert str(info.value) == message
 
 
+def test_an_unknown_validation_precision_is_refused_before_anything_loads(compose_cfg, nothing_loads):
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg(FAST + ["callbacks.validation.precision=fp16"]))
+    assert str(info.value) == "callbacks.validation.precision=fp16 is not one of train, auto, bf16, fp32"
+
+
 def test_a_negative_batch_size_no_longer_hangs_from_the_command_line(tmp_path):
     """The issue's reproduction, as typed (it exited 124 under `timeout 120`)."""
     import subprocess

@@ -76,6 +76,7 @@ def build_plan(cfg: DictConfig) -> RunPlan:
     overrides = user_overrides()
     uncap_max_steps(cfg, overrides)
     check.check_numbers(select, warnings)
+    check.check_choices(select)
     for group in ("logger", "callbacks"):
         check.check_targets(cfg.get(group), group)
     for node in ("module", "trainer"):

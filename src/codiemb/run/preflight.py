@@ -57,6 +57,8 @@ NUMERIC_RULES: dict[str, tuple[float, bool, bool, tuple]] = {
 # Strictly positive (a zero temperature or learning rate divides by zero or trains nothing).
 STRICT = {"module.lr", "loss.ir.temperature", "loss.sts.temperature"}
 FRACTIONS = {"module.warmup_ratio": (0.0, 1.0), "data.ir_share": (0.0, 1.0)}
+# key -> the values it takes (the component checks again when it is built, after the data and model load)
+CHOICES: dict[str, tuple[str, ...]] = {"callbacks.validation.precision": ("train", "auto", "bf16", "fp32")}
 ABSENT = "__absent__"
 
 
@@ -93,6 +95,14 @@ def check_numbers(select: Select, warnings: list[str]) -> None:
         if select(key) == 0:
             warnings.append(f"{key}=0: nothing will be trained; the exports are the initial weights")
             break
+
+
+def check_choices(select: Select) -> None:
+    """Every setting of :data:`CHOICES` present in the config is one of its values."""
+    for key, allowed in CHOICES.items():
+        value = select(key)
+        if value is not ABSENT and str(value) not in allowed:
+            raise ConfigError(f"{key}={value} is not one of {', '.join(allowed)}")
 
 
 def check_targets(group: DictConfig | None, name: str) -> None:
