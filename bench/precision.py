@@ -60,19 +60,15 @@ def encode_seconds(texts: list[str]) -> dict[str, float]:
 
 
 def validation_seconds(rounds: int = 2) -> dict:
-    """``evaluate()`` on ``experiment=real_cpu``'s validation sets, as the validation callback calls it, under
-    fp32 and bf16 autocast in A-B-B-A order (so a drifting machine load falls on both)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    """``evaluate()`` on ``experiment=real_cpu``'s validation sets (``eval@val: real_holdout``), as the validation
+    callback calls it, under fp32 and bf16 autocast in A-B-B-A order (so a drifting machine load falls on both)."""
+    sys.path.insert(0, str(ROOT / "bench" / "studies"))
+    from guard_eval import compose_sets
 
     from codiemb.eval.runner import evaluate, summarize
     from codiemb.models.encoder import Encoder
-    from codiemb.run import resolvers
 
-    resolvers.register()
-    with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", "experiment=real_cpu"], return_hydra_config=True)
-    sets = OmegaConf.to_container(cfg.val.sets, resolve=True)
+    sets = compose_sets("real_holdout")
     encoder, cache = Encoder.from_pretrained("bundled:all-MiniLM-L6-v2"), {}
     evaluate(encoder, sets, batch_size=64, cache=cache)  # reads the files once (not timed)
     out: dict = {"sets": [s["name"] for s in sets], "fp32": [], "bf16": []}
@@ -130,11 +126,11 @@ def main() -> None:
           f"bf16/fp32 time ratio {enc['bf16'] / enc['fp32']:.2f}", flush=True)
     if args.validation:
         val = record["validation"] = validation_seconds()
-        cpu = {name: sum(r["cpu_s"] for r in val[name]) for name in ("fp32", "bf16")}
-        wall = {name: sum(r["wall_s"] for r in val[name]) for name in ("fp32", "bf16")}
+        cpu = {name: sum(r["cpu_s"] for r in val[name]) / len(val[name]) for name in ("fp32", "bf16")}
+        wall = {name: sum(r["wall_s"] for r in val[name]) / len(val[name]) for name in ("fp32", "bf16")}
         print(f"[{capability}] validation of experiment=real_cpu ({', '.join(val['sets'])}), base model: "
-              f"fp32 {wall['fp32'] / 2:.0f} s wall / {cpu['fp32'] / 2:.0f} s CPU, bf16 {wall['bf16'] / 2:.0f} s / "
-              f"{cpu['bf16'] / 2:.0f} s; bf16/fp32 CPU-time ratio {cpu['bf16'] / cpu['fp32']:.2f}; val/mean fp32 "
+              f"fp32 {wall['fp32']:.0f} s wall / {cpu['fp32']:.0f} s CPU, bf16 {wall['bf16']:.0f} s / "
+              f"{cpu['bf16']:.0f} s; bf16/fp32 CPU-time ratio {cpu['bf16'] / cpu['fp32']:.2f}; val/mean fp32 "
               f"{val['fp32'][0]['scores']['mean']:.2f}, bf16 {val['bf16'][0]['scores']['mean']:.2f}", flush=True)
     runs = {}
     for precision in args.full:
