@@ -30,7 +30,7 @@ import lightning as L
 
 from codiemb.eval.runner import evaluate, summarize
 from codiemb.eval.sets import parse_sets
-from codiemb.utils.precision import SHORT, autocast_dtype, resolve_short_precision
+from codiemb.utils.precision import VALIDATION_PRECISIONS, autocast_dtype, resolve_short_precision
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ class ValidationCallback(L.Callback):
                  on_export: bool = True, precision: str = "train"):
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        if str(precision) not in ("train", *SHORT):
-            raise ValueError(f"callbacks.validation.precision must be one of {['train', *SHORT]}, got {precision!r}")
+        if str(precision) not in VALIDATION_PRECISIONS:
+            raise ValueError(f"callbacks.validation.precision must be one of {list(VALIDATION_PRECISIONS)}, "
+                             f"got {precision!r}")
         self.precision = str(precision)
         self.sets = parse_sets(sets)
         self.every_n_steps, self.batch_size = every_n_steps, batch_size

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from codiemb.errors import ConfigError
+from codiemb.utils.precision import VALIDATION_PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ NUMERIC_RULES: dict[str, tuple[float, bool, bool, tuple]] = {
 STRICT = {"module.lr", "loss.ir.temperature", "loss.sts.temperature"}
 FRACTIONS = {"module.warmup_ratio": (0.0, 1.0), "data.ir_share": (0.0, 1.0)}
 # key -> the values it takes (the component checks again when it is built, after the data and model load)
-CHOICES: dict[str, tuple[str, ...]] = {"callbacks.validation.precision": ("train", "auto", "bf16", "fp32")}
+CHOICES: dict[str, tuple[str, ...]] = {"callbacks.validation.precision": VALIDATION_PRECISIONS}
 ABSENT = "__absent__"
 
 

@@ -99,6 +99,8 @@ def resolve_trainer_precision(value, accelerator: str = "cpu") -> tuple[str | in
 
 
 SHORT = ("auto", "bf16", "fp32")
+# callbacks.validation.precision: SHORT, or ``train`` (the training run's own precision)
+VALIDATION_PRECISIONS = ("train", *SHORT)
 
 
 def resolve_short_precision(value: str | None, accelerator: str = "cpu", what: str = "precision") -> str:
