@@ -115,3 +115,29 @@ def test_an_fp32_run_validates_in_fp32_and_an_explicit_setting_wins(tmp_path, ti
 def test_rejects_an_unknown_precision_naming_the_key(tiny_sets):
     with pytest.raises(ValueError, match=r"callbacks\.validation\.precision .*'fp16'"):
         ValidationCallback(tiny_sets, precision="fp16")
+
+
+def test_the_merged_model_is_scored_in_the_precision_the_exports_were(tmp_path, tiny_sets, monkeypatch):
+    # merge/val/* (the merge stage's candidates and the merged model) used fp32 beside bf16 export scores
+    from types import SimpleNamespace
+
+    import codiemb.eval.runner as runner
+    from codiemb.run.delivery import score_merged, validation_dtype
+
+    callback = ValidationCallback(tiny_sets, every_n_steps=2, batch_size=4, on_train_end=False)
+    trainer, module = run_in(tmp_path, callback, "bf16-mixed")
+    module.encoder.save(tmp_path / "merged")
+    seen = []
+    real = runner.evaluate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("autocast_dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "evaluate", spy)
+    dtype = validation_dtype(SimpleNamespace(peers=[callback]), module)
+    scores = score_merged(tiny_sets, str(tmp_path / "merged"), {}, dtype)
+    assert dtype is torch.bfloat16 and seen == [torch.bfloat16]
+    bf16 = summarize(real(module.encoder, tiny_sets, batch_size=64, autocast_dtype=torch.bfloat16), tiny_sets)
+    assert scores["merge/val/mean"] == pytest.approx(bf16["mean"], abs=1e-3)
+    assert validation_dtype(SimpleNamespace(peers=[]), module) is None  # no validation callback: fp32

@@ -8,10 +8,13 @@ from collections.abc import Callable
 Scorer = Callable[[str], dict[str, float]]
 
 
-def validation_scorer(sets) -> Scorer:
-    """``model_dir -> {"val/<metric>": value}`` on ``sets`` (``val/mean`` is the number to maximise)."""
+def validation_scorer(sets, autocast_dtype=None) -> Scorer:
+    """``model_dir -> {"val/<metric>": value}`` on ``sets`` (``val/mean`` is the number to maximise), encoded in
+    fp32 or under ``autocast_dtype`` (a training run passes its validation callback's, so that the merged model is
+    scored as its exports were)."""
     from codiemb.eval.runner import evaluate_model_dir
 
     def score(model_dir: str) -> dict[str, float]:
-        return {f"val/{k}": v for k, v in evaluate_model_dir(model_dir, sets)["summary"].items()}
+        summary = evaluate_model_dir(model_dir, sets, autocast_dtype=autocast_dtype)["summary"]
+        return {f"val/{k}": v for k, v in summary.items()}
     return score

@@ -32,8 +32,9 @@ def deliver(plan: RunPlan, step: int, loggers, module, export: PeriodicExport, r
         result["merged"] = None
         result["delivered"] = {"model": best["path"], "kind": "best export"}
         return
-    result["merged"], report = run_merge_stage(plan, export.base(), exports)
-    result["metrics"].update(score_merged(plan.val_sets, result["merged"], report))
+    dtype = validation_dtype(export, module)
+    result["merged"], report = run_merge_stage(plan, export.base(), exports, dtype)
+    result["metrics"].update(score_merged(plan.val_sets, result["merged"], report, dtype))
     if result["merged"]:
         result["delivered"] = {"model": result["merged"], "kind": "merged"}
         log_merge_event(loggers, step, Path(result["merged"]), report, result["metrics"])
@@ -78,7 +79,15 @@ def saved_validation_history(ckpt: Path) -> dict[int, dict[str, float]]:
     return {int(k): dict(v) for k, v in (state.get("history") or {}).items()}
 
 
-def run_merge_stage(plan: RunPlan, base: Path, checkpoints: list[Path]) -> tuple[str | None, dict]:
+def validation_dtype(export: PeriodicExport, module):
+    """What the run's validation callback encodes under (``callbacks.validation.precision``), so that the merge
+    stage scores its candidates and the merged model as the exports were scored; fp32 (None) without one."""
+    callback = next((c for c in getattr(export, "peers", []) if hasattr(c, "autocast_dtype")), None)
+    return callback.autocast_dtype(module) if callback is not None else None
+
+
+def run_merge_stage(plan: RunPlan, base: Path, checkpoints: list[Path],
+                    autocast_dtype=None) -> tuple[str | None, dict]:
     """Merge the run's periodic exports (initial weights as base) into ``<run>/merged``; ``merge=none`` skips.
     Returns the merged model's directory (None when skipped) and the merge report."""
     if plan.merge is None or not checkpoints:
@@ -86,14 +95,14 @@ def run_merge_stage(plan: RunPlan, base: Path, checkpoints: list[Path]) -> tuple
     from codiemb.merge.api import merge_from_config
 
     output = plan.output_dir / "merged"
-    evaluate_fn = validation_scorer(plan.val_sets) if plan.val_sets else None
+    evaluate_fn = validation_scorer(plan.val_sets, autocast_dtype) if plan.val_sets else None
     with stage(f"merge ({plan.merge['method']}, {len(checkpoints)} exports)"):
         report = merge_from_config(plan.merge, base=base, checkpoints=checkpoints, output=output,
                                    evaluate_fn=evaluate_fn)
     return str(output), report or {}
 
 
-def score_merged(sets: list, merged: str | None, report: dict) -> dict[str, float]:
+def score_merged(sets: list, merged: str | None, report: dict, autocast_dtype=None) -> dict[str, float]:
     """``merge/val/<metric>``: the delivered (merged) model on the validation sets. Reuses the merge report's
     evaluation when ``merge.evaluate=true`` already scored it; empty without a merged model or sets."""
     if not merged or not sets:
@@ -102,7 +111,7 @@ def score_merged(sets: list, merged: str | None, report: dict) -> dict[str, floa
     row = next((r for r in rows if str(r.get("model", "")).startswith("merged")), None)
     if row is None:
         with stage("validation of the merged model"):
-            row = validation_scorer(sets)(merged)
+            row = validation_scorer(sets, autocast_dtype)(merged)
     return {f"merge/{k}": float(v) for k, v in row.items() if k.startswith("val/") and isinstance(v, (int, float))}
 
 
