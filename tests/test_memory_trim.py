@@ -51,7 +51,7 @@ def test_it_trims_every_n_steps_and_not_when_off(monkeypatch):
     for step in range(1, 10):
         callback.on_train_batch_end(SimpleNamespace(global_step=step), None, None, None, step - 1)
     assert calls == [0, 0, 0] and callback.trims == 3  # steps 3, 6, 9
-    off = ReturnFreedMemory(every_n_steps=0)
+    off = ReturnFreedMemory(every_n_steps=0, after_validation=False)
     assert off._trim is None
     off.on_train_batch_end(SimpleNamespace(global_step=5), None, None, None, 4)
     assert off.trims == 0
@@ -69,7 +69,7 @@ def test_the_default_config_has_it_off_and_one_override_turns_it_on(compose_cfg)
         (callback,) = [c for c in instantiate_group(compose_cfg(overrides).callbacks)
                        if isinstance(c, ReturnFreedMemory)]
         return callback
-    assert trimmer([]).every_n_steps == 0
+    assert trimmer([]).every_n_steps == 0 and trimmer([]).after_validation
     # first in the list, so Lightning trims before a step's export and validation run on top of the freed heap
     kinds = [type(c).__name__ for c in instantiate_group(compose_cfg([]).callbacks)]
     assert kinds.index("ReturnFreedMemory") < min(kinds.index("PeriodicExport"), kinds.index("ValidationCallback"))

@@ -141,3 +141,12 @@ def test_the_merged_model_is_scored_in_the_precision_the_exports_were(tmp_path, 
     bf16 = summarize(real(module.encoder, tiny_sets, batch_size=64, autocast_dtype=torch.bfloat16), tiny_sets)
     assert scores["merge/val/mean"] == pytest.approx(bf16["mean"], abs=1e-3)
     assert validation_dtype(SimpleNamespace(peers=[]), module) is None  # no validation callback: fp32
+
+
+def test_the_heap_goes_back_after_each_validation_during_training_and_not_after_steps(tmp_path, tiny_sets):
+    from codiemb.callbacks.memory import ReturnFreedMemory
+
+    trimmer, calls = ReturnFreedMemory(), []
+    trimmer._trim = calls.append
+    run(tmp_path, tiny_sets, [trimmer, ValidationCallback(tiny_sets, every_n_steps=2, batch_size=4)], max_steps=5)
+    assert calls == [0, 0]  # after the validations of steps 2 and 4; none after steps, none after the final one
