@@ -168,7 +168,7 @@ def test_eval_py_truncate_dim_scores_the_truncated_renormalised_embeddings(tmp_p
     proc = run_eval_cli(tmp_path / "run", "truncate_dim=128")
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["truncate_dim"] == 128
+    assert saved["truncate_dim"] == 128 and saved["precision"] == "fp32"  # both recorded with the scores
     assert "truncated to 128" in proc.stdout
     sets = parse_sets(compose("eval", [], tmp_path / "cfg").eval.sets)
     minilm.truncate_dim = 128

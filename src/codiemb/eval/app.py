@@ -72,7 +72,7 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
     """Evaluate; the base/reference model (``compare_with``) comes first so deltas read trained - base.
     ``precision``: fp32 | bf16 | auto (bf16 where the device computes it natively, codiemb.utils.precision).
     ``truncate_dim``: score every model on the first ``truncate_dim`` coordinates of its embeddings,
-    L2-re-normalised (a Matryoshka model's smaller sizes); recorded in ``results.json``."""
+    L2-re-normalised (a Matryoshka model's smaller sizes). Both are recorded in ``results.json``."""
     from codiemb.utils.precision import autocast_dtype, resolve_short_precision
 
     check_eval_options(batch_size=batch_size, precision=precision, device=device, geometry=geometry,
@@ -100,7 +100,9 @@ def run_eval(model_path: str, sets, output_dir: str | Path, *, compare_with: str
         results = evaluate(encoder, specs, batch_size=batch_size, cache=cache, **encode_kwargs)
         models[label] = {"path": str(path), "sets": results, "summary": summarize(results, specs)}
         encoders[label] = encoder
-    extra = {} if truncate_dim is None else {"truncate_dim": int(truncate_dim)}
+    extra: dict = {"precision": chosen}  # what the scores were encoded in (bf16 moves them by ~0.01)
+    if truncate_dim is not None:
+        extra["truncate_dim"] = int(truncate_dim)
     if geometry:
         extra["geometry"] = geometry_report(encoders, specs, cache, Path(output_dir), batch_size=batch_size,
                                             max_pairs=geometry_max_pairs)
