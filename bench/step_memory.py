@@ -109,11 +109,7 @@ def main() -> None:
             peak = Peak()
             peak.start()
             started = time.perf_counter()
-            with autocast():
-                loss, _ = module.compute_loss(batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            train_step(module, optimizer, batch, autocast)
             if args.trim:
                 ctypes.CDLL(None).malloc_trim(0)
             seconds = time.perf_counter() - started
@@ -147,6 +143,32 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
 
 
+def train_step(module, optimizer, batch, autocast=contextlib.nullcontext) -> None:
+    """One optimizer step on ``batch``: forward (under ``autocast``), backward, step."""
+    with autocast():
+        loss, _ = module.compute_loss(batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def race_batches(batches: dict, sides: list) -> None:
+    """Time ``sides[0](batch)`` and ``sides[1](batch)`` alternately on every batch (a loaded machine slows both
+    alike); per task, the ratio is the sum of B's times over the sum of A's."""
+    for task, items in batches.items():
+        totals = [0.0, 0.0]
+        for batch in items:
+            seconds = []
+            for k, side in enumerate(sides):
+                started = time.perf_counter()
+                side(batch)
+                seconds.append(time.perf_counter() - started)
+                totals[k] += seconds[-1]
+            shapes = {k: tuple(batch[k]["input_ids"].shape) for k in ("query", "passages")}
+            print(f"  {task}: {shapes}  A {seconds[0]:.2f} s, B {seconds[1]:.2f} s", flush=True)
+        print(f"{task}: B/A step time {totals[1] / totals[0]:.3f} over {len(items)} batches")
+
+
 def race_mallopt(module, settings: list[str], batches: dict, autocast, trim: bool = False) -> None:
     """Step time with glibc's default (its threshold once it has adapted: 32 MiB mmap, 64 MiB trim) against
     ``settings`` (and with ``trim``, ``malloc_trim(0)`` before B's step, timed with it), alternating batch by batch
@@ -157,54 +179,30 @@ def race_mallopt(module, settings: list[str], batches: dict, autocast, trim: boo
     default = [] if trim and not settings else ["M_MMAP_THRESHOLD=33554432", "M_TRIM_THRESHOLD=67108864"]
     print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}, THP_MEM_ALLOC_ENABLE="
           f"{os.environ.get('THP_MEM_ALLOC_ENABLE')}; A = {default}, B = {settings} + malloc_trim before: {trim}")
-    for task, items in batches.items():
-        totals = [0.0, 0.0]
-        for batch in items:
-            seconds = []
-            for k, chosen in enumerate((default, settings)):
-                for setting in chosen:
-                    mallopt(setting)
-                started = time.perf_counter()
-                if trim and k == 1:
-                    ctypes.CDLL(None).malloc_trim(0)
-                with autocast():
-                    loss, _ = module.compute_loss(batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                seconds.append(time.perf_counter() - started)
-                totals[k] += seconds[-1]
-            print(f"  {task}: A {seconds[0]:.2f} s, B {seconds[1]:.2f} s", flush=True)
-        print(f"{task}: B/A step time {totals[1] / totals[0]:.3f} over {len(items)} batches")
+
+    def side(chosen: list[str], trim_first: bool):
+        def run(batch) -> None:
+            for setting in chosen:
+                mallopt(setting)
+            if trim_first:
+                ctypes.CDLL(None).malloc_trim(0)
+            train_step(module, optimizer, batch, autocast)
+        return run
+    race_batches(batches, [side(default, False), side(settings, trim)])
 
 
 def race(module, other_cfg, against: list[str], batches: dict) -> None:
     """Step time of ``module`` and of the same recipe with ``against`` (``other_cfg``), alternating batch by batch
-    (a loaded machine slows both alike); the ratio per task is the sum of B's times over the sum of A's."""
+    on the same weights."""
     import torch
     from hydra.utils import instantiate
 
     other = instantiate(other_cfg.module)
     other.load_state_dict(module.state_dict())
     other.train()
-    pairs = [(module, torch.optim.AdamW(module.parameters(), lr=1e-6)),
-             (other, torch.optim.AdamW(other.parameters(), lr=1e-6))]
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-6) for m in (module, other)]
     print(f"cpu {torch.backends.cpu.get_cpu_capability()}, threads {torch.get_num_threads()}; B = A + {against}")
-    for task, items in batches.items():
-        totals = [0.0, 0.0]
-        for batch in items:
-            seconds = []
-            for k, (model, optimizer) in enumerate(pairs):
-                started = time.perf_counter()
-                loss, _ = model.compute_loss(batch)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                seconds.append(time.perf_counter() - started)
-                totals[k] += seconds[-1]
-            shapes = {k: tuple(batch[k]["input_ids"].shape) for k in ("query", "passages")}
-            print(f"  {task}: {shapes}  A {seconds[0]:.2f} s, B {seconds[1]:.2f} s", flush=True)
-        print(f"{task}: B/A step time {totals[1] / totals[0]:.3f} over {len(items)} batches")
+    race_batches(batches, [functools.partial(train_step, m, o) for m, o in zip((module, other), optimizers)])
 
 
 if __name__ == "__main__":
