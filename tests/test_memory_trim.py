@@ -86,3 +86,15 @@ def test_a_lightning_fit_calls_it_after_every_optimizer_step(tmp_path):
     Trainer(default_root_dir=tmp_path, max_steps=5, callbacks=[callback], logger=False, enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False).fit(BoringModel())
     assert callback.trims == 2  # after steps 2 and 4
+
+
+@pytest.mark.skipif(_malloc_trim() is None, reason="this C library has no malloc_trim")
+def test_it_survives_the_pickling_of_spawned_ddp_ranks():
+    # trainer=ddp_cpu_sim spawns its ranks and pickles the callbacks; the default (trim after validation) held a
+    # ctypes function and the documented command died with "ctypes objects containing pointers cannot be pickled"
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(ReturnFreedMemory()))
+    assert copy.after_validation and copy._trim is not None
+    copy.on_codiemb_validation(None, 2, {})
+    assert copy.trims == 1

@@ -50,6 +50,14 @@ class ReturnFreedMemory(Callback):
             log.info("callbacks.return_freed_memory: this C library has no malloc_trim; nothing to do")
         self.trims = 0
 
+    def __getstate__(self) -> dict:
+        # spawn-based strategies (trainer=ddp_cpu_sim) pickle the callbacks: a ctypes function cannot be pickled
+        return {**self.__dict__, "_trim": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._trim = _malloc_trim() if self.every_n_steps or self.after_validation else None
+
     def trim(self) -> None:
         if self._trim is not None:
             self._trim(0)
