@@ -45,10 +45,14 @@ class ReturnFreedMemory(Callback):
             raise ValueError(f"callbacks.return_freed_memory.every_n_steps must be >= 0, got {every_n_steps}")
         self.every_n_steps = int(every_n_steps)
         self.after_validation = bool(after_validation)
-        self._trim = _malloc_trim() if self.every_n_steps or self.after_validation else None
+        self._trim = self._resolve()
         if (self.every_n_steps or self.after_validation) and self._trim is None:
             log.info("callbacks.return_freed_memory: this C library has no malloc_trim; nothing to do")
         self.trims = 0
+
+    def _resolve(self):
+        """glibc's ``malloc_trim`` when something is switched on, else None."""
+        return _malloc_trim() if self.every_n_steps or self.after_validation else None
 
     def __getstate__(self) -> dict:
         # spawn-based strategies (trainer=ddp_cpu_sim) pickle the callbacks: a ctypes function cannot be pickled
@@ -56,7 +60,7 @@ class ReturnFreedMemory(Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._trim = _malloc_trim() if self.every_n_steps or self.after_validation else None
+        self._trim = self._resolve()
 
     def trim(self) -> None:
         if self._trim is not None:
