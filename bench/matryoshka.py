@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-from provenance import KEYS, write_result  # noqa: E402  (bench/ is on sys.path when run as a script)
+from peer import ENV  # noqa: E402  (bench/ is on sys.path when run as a script; one thread each, offline)
+from provenance import KEYS, write_result  # noqa: E402
 from rss import measure  # noqa: E402
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
 DIMS = (384, 256, 128, 64)
 OUT = ROOT / "bench" / "results" / "matryoshka"
 PEER = ROOT / "bench" / "results" / "peer"
